@@ -1,0 +1,214 @@
+"""Collection: runs the query specs, folds rows into metric data, publishes a snapshot.
+
+One connection per run, one read-only transaction per metric, so that one failing
+query neither aborts the others nor hides their values (node_exporter's per-collector
+success). A metric that fails keeps its last good values for ``stale_after``; then
+they are withheld so that Prometheus marks them stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from .config import CollectionConfig
+from .counting import MessageCounter, label_value, to_unix
+from .db import Database, classify, fetch, pg_snapshot_bounds, read_only
+from .errors import QueryError
+from .exposition import Health, render
+from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
+from .snapshot import MetricData, Series, Snapshot, Store
+
+log = logging.getLogger("convrs_exporter.collection")
+
+AGENT_STATUSES = ("active", "disabled")
+
+
+class Collection:
+    def __init__(
+        self,
+        db: Database,
+        specs: Specs,
+        settings: CollectionConfig,
+        store: Store,
+        health: Health,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.specs = specs
+        self.settings = settings
+        self.store = store
+        self.health = health
+        self.clock = clock
+        self.counter = MessageCounter(specs.messages, settings.settle_after)
+        self.ready = threading.Event()
+        self._last: dict[str, MetricData] = {}
+        self._ok: dict[str, bool] = {}
+        self._failing: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- running -----------------------------------------------------------
+
+    def run(self, keys: Iterable[str] | None = None) -> bool:
+        """Collect the given metrics (all by default); publish; True if every query succeeded."""
+        wanted = set(keys) if keys is not None else None
+        specs = [s for s in self.specs.all() if wanted is None or s.key in wanted]
+        with self._lock:  # the scheduler never overlaps runs; this guards direct callers
+            started = time.perf_counter()
+            errors = self._run_specs(specs)
+            elapsed = time.perf_counter() - started
+            self._report(specs, errors, elapsed)
+            self.store.publish(self.snapshot())
+            return not errors
+
+    def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
+        errors: dict[str, QueryError] = {}
+        done: set[str] = set()
+        try:
+            with self.db.engine.connect() as conn:
+                for spec in specs:
+                    began = time.perf_counter()
+                    try:
+                        self._last[spec.key] = self._collect(conn, spec)
+                    except QueryError as exc:
+                        errors[spec.key] = exc
+                    except SQLAlchemyError as exc:
+                        errors[spec.key] = classify(self.db, spec.key, exc)
+                    done.add(spec.key)
+                    self.health.query_duration.labels(spec.key).set(time.perf_counter() - began)
+        except SQLAlchemyError as exc:  # could not connect: every query not yet run failed
+            failure = classify(self.db, "database", exc)
+            for spec in specs:
+                if spec.key not in done:
+                    errors[spec.key] = QueryError(spec.key, failure.message)
+        return errors
+
+    def _collect(self, conn: Connection, spec: Spec) -> MetricData:
+        now = self.clock()
+        if isinstance(spec, MessagesSpec):
+            return self._collect_messages(conn, spec, now)
+        with read_only(self.db, conn):
+            _, rows = fetch(self.db, conn, spec.key, spec.sql)
+        if isinstance(spec, OrgSpec):
+            series = tuple(
+                Series((label_value(r[0]), label_value(r[1])), 1.0, to_unix(r[2])) for r in rows
+            )
+            return MetricData(spec.key, series, now)
+        return MetricData(spec.key, _sum_series(rows, 1 + len(spec.labels)), now)
+
+    def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
+        pg = self.db.dialect == "postgresql"
+        with read_only(self.db, conn):
+            xmin = pg_snapshot_bounds(conn)[0] if pg else None
+            params = self.counter.params(now, xmin)
+            _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
+            xmax = pg_snapshot_bounds(conn)[1] if pg else None
+        self.counter.apply(rows, params, now, xmax)
+        self.health.unsettled.set(sum(s.tail for s in self.counter.series.values()))
+        return MetricData(spec.key, (), now)  # series are built from the counter state
+
+    def _report(self, specs: Sequence[Spec], errors: dict[str, QueryError], elapsed: float) -> None:
+        h = self.health
+        for spec in specs:
+            ok = spec.key not in errors
+            self._ok[spec.key] = ok
+            h.query_success.labels(spec.key).set(1 if ok else 0)
+            if not ok:
+                h.query_errors.labels(spec.key).inc()
+        self._log_transitions(specs, errors)
+        h.duration.observe(elapsed)
+        h.collections.labels("error" if errors else "success").inc()
+        all_ok = all(self._ok.get(s.key, False) for s in self.specs.all())
+        h.up.set(1 if all_ok else 0)
+        if not errors:
+            h.last_success.set(self.clock())
+        if all_ok and self.counter.ready:
+            self.ready.set()
+
+    def _log_transitions(self, specs: Sequence[Spec], errors: dict[str, QueryError]) -> None:
+        """Log a failure once when it starts (or its message changes), and the recovery."""
+        changed: dict[str, list[str]] = {}
+        for spec in specs:
+            err = errors.get(spec.key)
+            before = self._failing.get(spec.key)
+            if err is not None and err.message != before:
+                changed.setdefault(err.message, []).append(spec.key)
+                self._failing[spec.key] = err.message
+            elif err is None and before is not None:
+                del self._failing[spec.key]
+                log.info("query recovered", extra={"query": spec.key})
+        for message, keys in changed.items():
+            log.error("query failed", extra={"query": ",".join(keys), "err": message})
+
+    # --- the snapshot ------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Fresh metric data (stale values withheld), zero-filled, rendered."""
+        now = self.clock()
+        fresh: dict[str, MetricData] = {}
+        for spec in self.specs.all():
+            data = self._last.get(spec.key)
+            limit = self.settings.stale_after_seconds(spec.interval)
+            if data is not None and now - data.collected_at <= limit:
+                fresh[spec.key] = data
+        orgs = fresh.get("organizations")
+        org_ids = [s.labels[0] for s in orgs.series] if orgs else []
+        for spec in self.specs.gauges:
+            if spec.key in fresh:
+                fresh[spec.key] = _zero_fill(fresh[spec.key], spec, org_ids)
+        if "messages" in fresh:
+            overrides = (
+                {s.labels[0]: s.created for s in orgs.series if s.created is not None}
+                if orgs
+                else {}
+            )
+            fresh.update(self._message_data(fresh["messages"].collected_at, overrides))
+        snap = Snapshot(metrics=MappingProxyType(fresh), taken_at=now)
+        return Snapshot(metrics=snap.metrics, taken_at=now, rendered=render(self.specs, snap))
+
+    def _message_data(self, at: float, overrides: dict[str, float]) -> dict[str, MetricData]:
+        since = {od: overrides.get(od[0], ts) for od, ts in self.counter.since.items()}
+        totals = tuple(
+            Series(key, float(total), since.get((key[0], key[1])))
+            for key, total in sorted(self.counter.totals().items())
+        )
+        seen = {(s.labels[0], s.labels[1]) for s in totals}
+        counting = tuple(Series(od, ts) for od, ts in sorted(since.items()) if od in seen)
+        return {
+            "messages": MetricData("messages", totals, at),
+            "counting_since": MetricData("counting_since", counting, at),
+        }
+
+
+def _sum_series(rows: Iterable[Sequence[Any]], width: int) -> tuple[Series, ...]:
+    """Rows (org, labels..., value) as series; equal label sets (after str()) are summed."""
+    sums: dict[tuple[str, ...], float] = {}
+    for row in rows:
+        key = tuple(label_value(v) for v in row[:width])
+        sums[key] = sums.get(key, 0.0) + float(row[width] or 0)
+    return tuple(Series(k, v) for k, v in sorted(sums.items()))
+
+
+def _zero_fill(data: MetricData, spec: GaugeSpec, org_ids: list[str]) -> MetricData:
+    """Every known org gets its series even when it has no rows (0, not "no data")."""
+    wanted: list[tuple[str, ...]]
+    if spec.labels == ():
+        wanted = [(org,) for org in org_ids]
+    elif spec.labels == ("status",):
+        wanted = [(org, status) for org in org_ids for status in AGENT_STATUSES]
+    else:
+        return data  # open-ended labels (channel) cannot be zero-filled
+    have = {s.labels for s in data.series}
+    extra = tuple(Series(k, 0.0) for k in wanted if k not in have)
+    if not extra:
+        return data
+    return MetricData(
+        data.key, tuple(sorted(data.series + extra, key=lambda s: s.labels)), data.collected_at
+    )

@@ -1,0 +1,358 @@
+"""Configuration: pydantic models, YAML loading, environment overrides.
+
+Precedence, highest first: command-line flags (applied by the CLI), environment
+variables ``CONVRS_EXPORTER_<SECTION>_<KEY>``, the YAML file, the defaults here.
+The metric mapping starts from the reference mapping shipped with the package;
+each metric given under ``mapping:`` replaces the reference entry whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping as AbcMapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "CONVRS_EXPORTER_"
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as a number, or Prometheus-style text: ``500ms``, ``30s``, ``1m30s``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or text such as 30s")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 30s, 5m, 1h)")
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    raise ValueError("a duration must be a number of seconds or text such as 30s")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+SqlText = Annotated[str, Field(min_length=1)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(Model):
+    url: SecretStr | None = None
+    statement_timeout: Duration = 10.0
+    connect_timeout: Duration = 5.0
+    pool_size: int = Field(default=2, ge=1, le=32)
+
+
+class CollectionConfig(Model):
+    interval: Duration = 30.0
+    stale_after: Duration | None = None
+    """How long the last good values of a failing metric are still served; 5 intervals."""
+    settle_after: Duration = 30.0
+    """How long a message id must have been seen before it is counted as final."""
+
+    def stale_after_seconds(self, interval: float) -> float:
+        return self.stale_after if self.stale_after is not None else 5 * interval
+
+
+class LabelsConfig(Model):
+    drop: list[Literal["channel", "sender"]] = []
+
+
+class WebConfig(Model):
+    listen_address: str = ":9653"
+    telemetry_path: str = Field(default="/metrics", pattern=r"^/")
+    config_file: Path | None = None
+
+
+class LogConfig(Model):
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+class TableMapping(Model):
+    """A metric counted from a table, or given as one complete query."""
+
+    query: SqlText | None = None
+    table: SqlText | None = None
+    org: SqlText | None = None
+    joins: list[SqlText] = []
+    filter: SqlText | None = None
+    labels: dict[LabelName, SqlText] = {}
+    value: SqlText = "count(*)"
+    interval: Duration | None = None
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> TableMapping:
+        if self.query is not None:
+            given = [k for k in ("table", "org", "filter") if getattr(self, k) is not None]
+            if given or self.joins:
+                raise ValueError(f"give either query or table/org/joins/filter, not both {given}")
+        elif self.table is None or self.org is None:
+            raise ValueError("needs table and org (or a complete query)")
+        return self
+
+
+class OrganizationsMapping(Model):
+    query: SqlText | None = None
+    table: SqlText | None = None
+    id: SqlText | None = None
+    name: SqlText | None = None
+    filter: SqlText | None = None
+    counting_since: SqlText | None = None
+    """SQL expression for when message counting began, where the platform records it."""
+    interval: Duration | None = None
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> OrganizationsMapping:
+        if self.query is None and (self.table is None or self.id is None or self.name is None):
+            raise ValueError("needs table, id and name (or a complete query)")
+        if self.query is not None and self.table is not None:
+            raise ValueError("give either query or table, not both")
+        return self
+
+
+class MessagesMapping(Model):
+    """Messages, counted incrementally past a strictly increasing key."""
+
+    query: SqlText | None = None
+    """A row source returning id, created_at, org and the labels (one row per message)."""
+    table: SqlText | None = None
+    org: SqlText | None = None
+    key: SqlText | None = None
+    timestamp: SqlText | None = None
+    joins: list[SqlText] = []
+    filter: SqlText | None = None
+    labels: dict[LabelName, SqlText] = {}
+    interval: Duration | None = None
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> MessagesMapping:
+        if self.query is None:
+            missing = [k for k in ("table", "org", "key", "timestamp") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"needs {', '.join(missing)} (or a complete row query)")
+        elif self.table is not None:
+            raise ValueError("give either query or table, not both")
+        return self
+
+
+REQUIRED_LABELS: dict[str, tuple[str, ...]] = {
+    "bots": ("channel",),
+    "agents": ("status",),
+    "flows": (),
+    "users": (),
+    "messages": ("direction", "channel", "sender"),
+}
+
+
+class MappingConfig(Model):
+    organizations: OrganizationsMapping
+    bots: TableMapping
+    agents: TableMapping
+    flows: TableMapping
+    users: TableMapping
+    messages: MessagesMapping
+
+    @model_validator(mode="after")
+    def _labels_match_contract(self) -> MappingConfig:
+        for metric, required in REQUIRED_LABELS.items():
+            entry: TableMapping | MessagesMapping = getattr(self, metric)
+            if entry.query is not None:
+                continue  # a complete query's columns are checked when it runs
+            got = set(entry.labels)
+            if got != set(required):
+                want = ", ".join(required) or "none"
+                have = ", ".join(sorted(got)) or "none"
+                raise ValueError(f"{metric}.labels must map exactly: {want} (got {have})")
+        return self
+
+
+class Config(Model):
+    database: DatabaseConfig = DatabaseConfig()
+    collection: CollectionConfig = CollectionConfig()
+    labels: LabelsConfig = LabelsConfig()
+    web: WebConfig = WebConfig()
+    log: LogConfig = LogConfig()
+    mapping: MappingConfig
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> Config:
+        intervals = [self.collection.interval] + [
+            m.interval for m in self.metric_mappings().values() if m.interval is not None
+        ]
+        if self.database.statement_timeout >= min(intervals):
+            raise ValueError(
+                f"database.statement_timeout ({self.database.statement_timeout:g}s) must be "
+                f"below the shortest collection interval ({min(intervals):g}s)"
+            )
+        return self
+
+    def metric_mappings(self) -> dict[str, TableMapping | MessagesMapping | OrganizationsMapping]:
+        return {name: getattr(self.mapping, name) for name in MappingConfig.model_fields}
+
+
+# --- YAML -----------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with ``!env NAME`` and ``!file path`` so secrets stay out of the YAML."""
+
+
+def _env_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    name = loader.construct_scalar(node)  # type: ignore[arg-type]
+    value = os.environ.get(str(name))
+    if value is None:
+        raise yaml.MarkedYAMLError(
+            problem=f"environment variable {name} is not set", problem_mark=node.start_mark
+        )
+    return value
+
+
+def _file_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    path = Path(str(loader.construct_scalar(node)))  # type: ignore[arg-type]
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise yaml.MarkedYAMLError(
+            problem=f"cannot read {path}: {exc.strerror}", problem_mark=node.start_mark
+        ) from None
+
+
+_Loader.add_constructor("!env", _env_tag)
+_Loader.add_constructor("!file", _file_tag)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
+        raise ConfigError(f"{exc.problem or exc.context}", source=source, key=where) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", source=source) from None
+
+
+def reference_mapping() -> dict[str, Any]:
+    """The mapping for the reference schema, shipped with the package."""
+    text = resources.files("exporter").joinpath("reference_mapping.yml").read_text()
+    data = _load_yaml(text, "reference_mapping.yml")
+    assert isinstance(data, dict)
+    return data
+
+
+# --- environment ------------------------------------------------------------
+
+_SECTIONS = ("database", "collection", "labels", "web", "log")
+
+
+def _env_overrides(environ: AbcMapping[str, str], source: str) -> dict[str, Any]:
+    """``CONVRS_EXPORTER_COLLECTION_INTERVAL=10s`` -> ``{"collection": {"interval": "10s"}}``.
+
+    Values are read as YAML scalars or flow collections (``[channel]``). The database URL
+    may come from a file named by ``CONVRS_EXPORTER_DATABASE_URL_FILE``.
+    """
+    out: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest == "database_url_file":
+            try:
+                value: Any = Path(raw).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read {raw}: {exc.strerror}", source="environment", key=name
+                ) from None
+            out.setdefault("database", {})["url"] = value
+            continue
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(
+                "unknown setting (sections: " + ", ".join(_SECTIONS) + ")",
+                source="environment",
+                key=name,
+            )
+        key = rest[len(section) + 1 :]
+        if section == "database" and key == "url":
+            value = raw  # never parse a URL as YAML; it is a secret and a string
+        else:
+            value = _load_yaml(raw, f"environment {name}") if raw else raw
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _error_key(loc: tuple[int | str, ...]) -> str:
+    # pydantic puts the failing validator's name in the location of tagged unions; drop it
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(top level)"
+
+
+def load_config(
+    path: str | Path | None = None, environ: AbcMapping[str, str] | None = None
+) -> Config:
+    """Read the YAML file (if any), apply environment overrides, validate everything."""
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else "configuration"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read file: {exc.strerror}", source=source) from None
+        data = _load_yaml(text, source)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("the file must hold a mapping of settings", source=source)
+    data = _merge(data, _env_overrides(environ, source))
+    data["mapping"] = {**reference_mapping(), **(data.get("mapping") or {})}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{_error_key(err['loc'])}: {msg}")
+        first, *rest = problems
+        key, _, message = first.partition(": ")
+        if rest:
+            message += f" (and {len(rest)} more: " + "; ".join(rest) + ")"
+        raise ConfigError(message, source=source, key=key) from None

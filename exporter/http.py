@@ -1,0 +1,149 @@
+"""HTTP: /metrics (text or OpenMetrics, gzip when asked), /healthz, /readyz and a landing page.
+
+A scrape reads the latest pre-rendered snapshot and renders only the exporter's own
+few metrics: it never touches the database, holds no lock while writing, and each
+connection has its own thread, so scrapes run concurrently and cannot delay collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import html
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Health, wants_openmetrics
+from .snapshot import Store
+
+log = logging.getLogger("convrs_exporter.http")
+
+
+@dataclass(frozen=True)
+class App:
+    store: Store
+    health: Health
+    ready: threading.Event
+    telemetry_path: str = "/metrics"
+    authorize: Callable[[str | None], bool] | None = None
+    """Checks the Authorization header (basic auth from the web config), if configured."""
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``:9653``, ``0.0.0.0:9653``, ``[::1]:9653`` -> (host, port); empty host is all IPv4."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {address!r} must be host:port (e.g. :9653)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        thread.start()
+        return thread
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # a stalled client loses its connection, not anyone else's
+    server_version = "convrs-exporter"
+
+    def do_GET(self) -> None:
+        self._dispatch(head=False)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(head=True)
+
+    def _dispatch(self, head: bool) -> None:
+        app = self.server.app
+        path = self.path.split("?", 1)[0]
+        if app.authorize is not None and not app.authorize(self.headers.get("Authorization")):
+            self._send(
+                401,
+                b"Unauthorized\n",
+                "text/plain; charset=utf-8",
+                head,
+                {"WWW-Authenticate": 'Basic realm="convrs-exporter"'},
+            )
+            return
+        if path == app.telemetry_path:
+            self._metrics(head)
+        elif path == "/healthz":
+            self._send(200, b"OK\n", "text/plain; charset=utf-8", head)
+        elif path == "/readyz":
+            if app.ready.is_set():
+                self._send(200, b"ready\n", "text/plain; charset=utf-8", head)
+            else:
+                self._send(
+                    503,
+                    b"not ready: no successful collection yet\n",
+                    "text/plain; charset=utf-8",
+                    head,
+                )
+        elif path == "/":
+            self._send(200, _landing(app.telemetry_path), "text/html; charset=utf-8", head)
+        else:
+            self._send(404, b"Not found\n", "text/plain; charset=utf-8", head)
+
+    def _metrics(self, head: bool) -> None:
+        app = self.server.app
+        rendered = app.store.current.rendered
+        om = wants_openmetrics(self.headers.get("Accept"))
+        own = app.health.render(om)
+        gz = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+        if gz:  # two gzip members: the cached data part, then our own metrics
+            body = (rendered.openmetrics_gzip if om else rendered.text_gzip) + gzip.compress(own, 1)
+        else:
+            body = (rendered.openmetrics if om else rendered.text) + own
+        headers = {"Content-Encoding": "gzip"} if gz else {}
+        headers["Vary"] = "Accept, Accept-Encoding"
+        self._send(200, body, OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE, head, headers)
+
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        head: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format % args)
+
+
+def _landing(telemetry_path: str) -> bytes:
+    path = html.escape(telemetry_path)
+    return (
+        "<!doctype html><html><head><title>convrs-exporter</title></head><body>"
+        "<h1>convrs-exporter</h1><p>Convrs organization metrics for Prometheus.</p><ul>"
+        f'<li><a href="{path}">{path}</a></li>'
+        '<li><a href="/healthz">/healthz</a></li><li><a href="/readyz">/readyz</a></li>'
+        "</ul></body></html>\n"
+    ).encode()

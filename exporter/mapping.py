@@ -1,0 +1,177 @@
+"""Turns the configuration into immutable query specs: the SQL each metric runs.
+
+Every spec reads all organizations at once, grouped by org and labels; never a
+query per organization. Group-by is positional (``GROUP BY 1, 2``) so that a
+label given as a long CASE expression is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import REQUIRED_LABELS, Config, MessagesMapping, OrganizationsMapping, TableMapping
+
+#: metric key -> (exported name, help text)
+METRICS: dict[str, tuple[str, str]] = {
+    "bots": ("convrs_bots", "Chatbots configured, by channel."),
+    "agents": ("convrs_agents", "Agent accounts, by status (active, disabled)."),
+    "flows": ("convrs_flows", "Chatbot flows."),
+    "users": ("convrs_users", "Customers or contacts who interacted with the chatbots."),
+}
+MESSAGES_METRIC = "convrs_messages"
+MESSAGES_HELP = (
+    "Messages, inbound (from users) and outbound (from agents, bots and the "
+    "system); created is when counting began."
+)
+SINCE_METRIC = "convrs_messages_counting_since_timestamp_seconds"
+SINCE_HELP = "When message counting began for the organization and direction (Unix seconds)."
+ORG_INFO_METRIC = "convrs_org_info"
+ORG_INFO_HELP = "Organization display names, always 1; join on org."
+
+
+@dataclass(frozen=True)
+class GaugeSpec:
+    """A resource count: rows of ``org, <labels...>, value``."""
+
+    key: str
+    metric: str
+    help: str
+    labels: tuple[str, ...]
+    sql: str
+    interval: float
+
+
+@dataclass(frozen=True)
+class OrgSpec:
+    """Rows of ``org, name, counting_since`` (the last may be NULL)."""
+
+    key: str
+    sql: str
+    interval: float
+
+
+@dataclass(frozen=True)
+class MessagesSpec:
+    """Grouped message counts past a watermark.
+
+    Parameters ``:after`` (count rows with key above it) and ``:settle`` (the part at
+    or below it is final). Rows: ``org, <labels...>, n, n_settling, first_ts, max_key``.
+    """
+
+    key: str
+    labels: tuple[str, ...]
+    sql: str
+    interval: float
+
+
+Spec = GaugeSpec | OrgSpec | MessagesSpec
+
+
+@dataclass(frozen=True)
+class Specs:
+    organizations: OrgSpec
+    gauges: tuple[GaugeSpec, ...]
+    messages: MessagesSpec
+
+    def all(self) -> tuple[Spec, ...]:
+        return (self.organizations, *self.gauges, self.messages)
+
+
+def _strip(sql: str) -> str:
+    return sql.strip().rstrip(";").strip()
+
+
+def _from(table: str, joins: list[str], conditions: list[str]) -> str:
+    parts = [f"FROM {table}", *joins]
+    if conditions:
+        parts.append("WHERE " + " AND ".join(f"({c})" for c in conditions))
+    return " ".join(parts)
+
+
+def _group_by(count: int) -> str:
+    return "GROUP BY " + ", ".join(str(i) for i in range(1, count + 1))
+
+
+def gauge_sql(mapping: TableMapping, labels: tuple[str, ...]) -> str:
+    if mapping.query is not None:
+        cols = ", ".join(["src.org AS org", *(f"src.{lb} AS {lb}" for lb in labels)])
+        return (
+            f"SELECT {cols}, sum(src.value) AS value FROM ({_strip(mapping.query)}) src "
+            + _group_by(1 + len(labels))
+        )
+    assert mapping.table is not None and mapping.org is not None
+    cols = ", ".join([f"{mapping.org} AS org", *(f"{mapping.labels[lb]} AS {lb}" for lb in labels)])
+    where = [mapping.filter] if mapping.filter else []
+    return (
+        f"SELECT {cols}, {mapping.value} AS value "
+        + _from(mapping.table, mapping.joins, where)
+        + " "
+        + _group_by(1 + len(labels))
+    )
+
+
+def organizations_sql(mapping: OrganizationsMapping) -> str:
+    if mapping.query is not None:
+        return (
+            f"SELECT src.org AS org, src.name AS name, src.counting_since AS counting_since "
+            f"FROM ({_strip(mapping.query)}) src"
+        )
+    assert mapping.table is not None
+    since = mapping.counting_since or "NULL"
+    where = [mapping.filter] if mapping.filter else []
+    return (
+        f"SELECT {mapping.id} AS org, {mapping.name} AS name, {since} AS counting_since "
+        + _from(mapping.table, [], where)
+    )
+
+
+def messages_sql(mapping: MessagesMapping, labels: tuple[str, ...]) -> str:
+    if mapping.query is not None:
+        org, key, ts = "src.org", "src.id", "src.created_at"
+        exprs = {lb: f"src.{lb}" for lb in labels}
+        source, where = f"FROM ({_strip(mapping.query)}) src", f"WHERE {key} > :after"
+    else:
+        assert mapping.table and mapping.org and mapping.key and mapping.timestamp
+        org, key, ts = mapping.org, mapping.key, mapping.timestamp
+        exprs = {lb: mapping.labels[lb] for lb in labels}
+        conditions = [f"{key} > :after", *([mapping.filter] if mapping.filter else [])]
+        source, where = _from(mapping.table, mapping.joins, conditions), ""
+    cols = ", ".join([f"{org} AS org", *(f"{exprs[lb]} AS {lb}" for lb in labels)])
+    return (
+        f"SELECT {cols}, count(*) AS n, "
+        f"sum(CASE WHEN {key} <= :settle THEN 1 ELSE 0 END) AS n_settling, "
+        f"min({ts}) AS first_ts, max({key}) AS max_key "
+        f"{source} {where} {_group_by(1 + len(labels))}"
+    ).replace("  ", " ")
+
+
+def build_specs(config: Config) -> Specs:
+    """The query specs for a validated configuration."""
+    m, default = config.mapping, config.collection.interval
+    dropped = set(config.labels.drop)
+
+    def kept(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if n not in dropped)
+
+    gauges = []
+    for key, (metric, help_text) in METRICS.items():
+        entry: TableMapping = getattr(m, key)
+        labels = kept(REQUIRED_LABELS[key])
+        gauges.append(
+            GaugeSpec(
+                key, metric, help_text, labels, gauge_sql(entry, labels), entry.interval or default
+            )
+        )
+    msg_labels = kept(("direction", "channel", "sender"))
+    return Specs(
+        organizations=OrgSpec(
+            "organizations", organizations_sql(m.organizations), m.organizations.interval or default
+        ),
+        gauges=tuple(gauges),
+        messages=MessagesSpec(
+            "messages",
+            msg_labels,
+            messages_sql(m.messages, msg_labels),
+            m.messages.interval or default,
+        ),
+    )

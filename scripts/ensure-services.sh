@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# What the tests need besides Python packages: Prometheus + promtool, and PostgreSQL up.
+# Installs or starts them when missing (as root, or through sudo where it is set up).
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "ensure-services: installing prometheus (for prometheus and promtool)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq prometheus >/dev/null
+fi
+
+pg_up() { python3 - <<'PY'
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+if ! pg_up; then
+    echo "ensure-services: starting PostgreSQL"
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+    pg_up || { echo "ensure-services: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+fi

@@ -1,0 +1,99 @@
+"""Collection against a real PostgreSQL: every series equals what SQL says."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.support import pg
+from tests.support.expo import in_process, served
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def test_every_series_equals_sql(seeded: Engine) -> None:
+    collection, _ = in_process(_url(seeded))
+    assert collection.run()
+    got, want = served(collection), pg.reference_counts(seeded)
+    for metric, series in want.items():
+        assert got[metric] == pytest.approx(series), metric
+    assert len(got["convrs_org_info"]) == 4
+    assert collection.ready.is_set()
+    collection.db.close()
+
+
+def test_new_rows_appear_and_deletes_never_lower_the_counter(seeded: Engine) -> None:
+    collection, _ = in_process(_url(seeded))
+    assert collection.run()
+    before = served(collection)["convrs_messages_total"]
+    key = ("1", "inbound", "sms", "user")
+    with seeded.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO messages (org_id, direction, sender_type, channel) "
+                "SELECT 1, 'inbound', 'user', 'sms' FROM generate_series(1, 7)"
+            )
+        )
+        conn.execute(text("INSERT INTO bots (org_id, name, channel) VALUES (2, 'new', 'sms')"))
+    assert collection.run()
+    after = served(collection)
+    assert after["convrs_messages_total"][key] == before.get(key, 0) + 7
+    assert after["convrs_bots"] == pytest.approx(pg.reference_counts(seeded)["convrs_bots"])
+
+    with seeded.begin() as conn:  # retention deletes the oldest half of all messages
+        conn.execute(text("DELETE FROM messages WHERE id <= (SELECT max(id) / 2 FROM messages)"))
+    assert collection.run()
+    assert served(collection)["convrs_messages_total"] == after["convrs_messages_total"]
+
+    with seeded.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO messages (org_id, direction, sender_type, channel) "
+                "VALUES (1, 'inbound', 'user', 'sms'), (1, 'outbound', 'bot', 'sms')"
+            )
+        )
+    assert collection.run()
+    final = served(collection)["convrs_messages_total"]
+    assert final[key] == after["convrs_messages_total"][key] + 1
+    bot_key = ("1", "outbound", "sms", "bot")
+    assert final[bot_key] == after["convrs_messages_total"].get(bot_key, 0) + 1
+    collection.db.close()
+
+
+def test_counting_since_is_the_oldest_message_and_never_moves(seeded: Engine) -> None:
+    collection, _ = in_process(_url(seeded))
+    assert collection.run()
+    want = pg.reference_counts(seeded)["convrs_messages_counting_since_timestamp_seconds"]
+    first = served(collection)["convrs_messages_counting_since_timestamp_seconds"]
+    assert first == pytest.approx(want)
+    with seeded.begin() as conn:
+        conn.execute(text("DELETE FROM messages WHERE id <= (SELECT max(id) / 2 FROM messages)"))
+    assert collection.run()
+    assert served(collection)["convrs_messages_counting_since_timestamp_seconds"] == first
+    collection.db.close()
+
+
+def test_dropped_labels_are_summed_away(seeded: Engine) -> None:
+    collection, _ = in_process(_url(seeded), {"labels": {"drop": ["channel", "sender"]}})
+    assert collection.run()
+    body = collection.store.current.rendered.text.decode()
+    assert "channel=" not in body and "sender=" not in body
+    with seeded.connect() as conn:
+        want = {
+            (str(o), d): n
+            for o, d, n in conn.execute(
+                text("SELECT org_id, direction, count(*) FROM messages GROUP BY 1, 2")
+            )
+        }
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {
+        (s.labels["org"], s.labels["direction"]): s.value
+        for f in text_string_to_metric_families(body)
+        for s in f.samples
+        if s.name == "convrs_messages_total"
+    }
+    assert got == want
+    collection.db.close()

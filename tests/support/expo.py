@@ -1,0 +1,85 @@
+"""Reading what the exporter serves back into numbers, with prometheus-client's parsers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.collection import Collection
+from exporter.config import Config, load_config
+from exporter.db import connect
+from exporter.exposition import Health
+from exporter.mapping import build_specs
+from exporter.snapshot import Store
+
+ORG_METRICS = {
+    "convrs_bots": ("org", "channel"),
+    "convrs_agents": ("org", "status"),
+    "convrs_flows": ("org",),
+    "convrs_users": ("org",),
+    "convrs_messages_total": ("org", "direction", "channel", "sender"),
+    "convrs_messages_counting_since_timestamp_seconds": ("org", "direction"),
+    "convrs_org_info": ("org", "name"),
+}
+
+Counts = dict[str, dict[tuple[str, ...], float]]
+
+
+def parse(body: str, openmetrics: bool = False) -> Counts:
+    """Samples of the organization metrics, keyed by metric then label values."""
+    out: Counts = {name: {} for name in ORG_METRICS}
+    families = parse_om(body) if openmetrics else parse_text(body)
+    for family in families:
+        for sample in family.samples:
+            if sample.name in ORG_METRICS:
+                key = tuple(sample.labels.get(lb, "") for lb in ORG_METRICS[sample.name])
+                assert key not in out[sample.name], f"duplicate series {sample.name}{key}"
+                out[sample.name][key] = sample.value
+    return out
+
+
+def sample(body: str, name: str, **labels: str) -> float | None:
+    for family in parse_text(body):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def in_process(url: str, raw: dict[str, Any] | None = None) -> tuple[Collection, Config]:
+    """A Collection wired as the CLI wires it, against a real database, no HTTP."""
+    env = {"CONVRS_EXPORTER_DATABASE_URL": url}
+    config = (
+        load_config(None, env)
+        if raw is None
+        else Config.model_validate(
+            {
+                **raw,
+                "mapping": {**_reference(), **raw.get("mapping", {})},
+                "database": {"url": url, **raw.get("database", {})},
+            }
+        )
+    )
+    db = connect(
+        url,
+        statement_timeout=config.database.statement_timeout,
+        connect_timeout=config.database.connect_timeout,
+        pool_size=config.database.pool_size,
+    )
+    specs = build_specs(config)
+    collection = Collection(
+        db, specs, config.collection, Store(), Health([s.key for s in specs.all()])
+    )
+    return collection, config
+
+
+def _reference() -> dict[str, Any]:
+    from exporter.config import reference_mapping
+
+    return reference_mapping()
+
+
+def served(collection: Collection) -> Counts:
+    return parse(collection.store.current.rendered.text.decode())

@@ -78,7 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+_SECRETS: list[str] = []
+
+
 def fail(message: str) -> NoReturn:
+    for secret in _SECRETS:
+        message = message.replace(secret, "***")
     print(f"convrs-exporter: error: {message}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
 
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         fail(f"web.listen_address: {exc}")
     url = config.database.url.get_secret_value() if config.database.url else None
+    _SECRETS.extend([url] if url else [])
     logsetup.setup(
         config.log.level, config.log.format, [url] if url else []
     )  # the whole URL too: it may not parse
@@ -157,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             pool_size=config.database.pool_size,
         )
         logsetup.add_secret(db.secret)
+        _SECRETS.extend([db.secret] if db.secret else [])
         if args.demo_seed:
             return _seed(db)
         specs = build_specs(config)

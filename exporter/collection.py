@@ -135,6 +135,7 @@ class Collection:
     def _log_transitions(self, specs: Sequence[Spec], errors: dict[str, QueryError]) -> None:
         """Log a failure once when it starts (or its message changes), and the recovery."""
         changed: dict[str, list[str]] = {}
+        recovered: list[str] = []
         for spec in specs:
             err = errors.get(spec.key)
             before = self._failing.get(spec.key)
@@ -143,9 +144,11 @@ class Collection:
                 self._failing[spec.key] = err.message
             elif err is None and before is not None:
                 del self._failing[spec.key]
-                log.info("query recovered", extra={"query": spec.key})
+                recovered.append(spec.key)
         for message, keys in changed.items():
             log.error("query failed", extra={"query": ",".join(keys), "err": message})
+        if recovered:
+            log.info("query recovered", extra={"query": ",".join(recovered)})
 
     # --- the snapshot ------------------------------------------------------
 

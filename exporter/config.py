@@ -223,10 +223,13 @@ class Config(Model):
 class _Loader(yaml.SafeLoader):
     """SafeLoader with ``!env NAME`` and ``!file path`` so secrets stay out of the YAML."""
 
+    environ: AbcMapping[str, str] = os.environ
+
 
 def _env_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
     name = loader.construct_scalar(node)  # type: ignore[arg-type]
-    value = os.environ.get(str(name))
+    environ = loader.environ if isinstance(loader, _Loader) else os.environ
+    value = environ.get(str(name))
     if value is None:
         raise yaml.MarkedYAMLError(
             problem=f"environment variable {name} is not set", problem_mark=node.start_mark
@@ -248,15 +251,20 @@ _Loader.add_constructor("!env", _env_tag)
 _Loader.add_constructor("!file", _file_tag)
 
 
-def _load_yaml(text: str, source: str) -> Any:
+def _load_yaml(text: str, source: str, environ: AbcMapping[str, str] | None = None) -> Any:
+    loader = _Loader(text)
+    if environ is not None:
+        loader.environ = environ
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
         raise ConfigError(f"{exc.problem or exc.context}", source=source, key=where) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", source=source) from None
+    finally:
+        loader.dispose()
 
 
 def reference_mapping() -> dict[str, Any]:
@@ -335,7 +343,7 @@ def load_config(
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read file: {exc.strerror}", source=source) from None
-        data = _load_yaml(text, source)
+        data = _load_yaml(text, source, environ)
         if data is None:
             data = {}
         if not isinstance(data, dict):

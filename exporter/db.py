@@ -34,8 +34,10 @@ def parse_url(raw: str) -> URL:
     try:
         url = make_url(raw.strip())
     except ArgumentError:
+        # never echo it: a URL that does not parse cannot be redacted reliably
         raise ConfigError(
-            f"cannot parse database URL {redact_url_text(raw)!r}", key="database.url"
+            "cannot parse database URL (expected dialect://user:password@host:port/database)",
+            key="database.url",
         ) from None
     if url.drivername in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg")

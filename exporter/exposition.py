@@ -4,7 +4,6 @@ exporter's own health metrics, rendered per scrape (they are few and cheap).
 
 from __future__ import annotations
 
-import gzip
 import platform
 from collections.abc import Iterator
 
@@ -32,7 +31,7 @@ from .mapping import (
     SINCE_METRIC,
     Specs,
 )
-from .snapshot import Rendered, Snapshot
+from .snapshot import GzipPrefix, Rendered, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -86,8 +85,8 @@ def render(specs: Specs, snapshot: Snapshot) -> Rendered:
     return Rendered(
         text=text,
         openmetrics=om,
-        text_gzip=gzip.compress(text, 1),
-        openmetrics_gzip=gzip.compress(om, 1),
+        text_gzip=GzipPrefix(text),
+        openmetrics_gzip=GzipPrefix(om),
     )
 
 

@@ -8,7 +8,6 @@ connection has its own thread, so scrapes run concurrently and cannot delay coll
 from __future__ import annotations
 
 import contextlib
-import gzip
 import html
 import logging
 import socket
@@ -108,8 +107,8 @@ class Handler(BaseHTTPRequestHandler):
         om = wants_openmetrics(self.headers.get("Accept"))
         own = app.health.render(om)
         gz = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
-        if gz:  # two gzip members: the cached data part, then our own metrics
-            body = (rendered.openmetrics_gzip if om else rendered.text_gzip) + gzip.compress(own, 1)
+        if gz:  # the data part was compressed once; only our own lines are compressed now
+            body = (rendered.openmetrics_gzip if om else rendered.text_gzip).finish(own)
         else:
             body = (rendered.openmetrics if om else rendered.text) + own
         headers = {"Content-Encoding": "gzip"} if gz else {}

@@ -7,6 +7,7 @@ the object it gets never changes under it.
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,8 +36,25 @@ class Rendered:
     text: bytes = b""
     openmetrics: bytes = b""
     """Without the closing ``# EOF``: the exporter's own metrics follow it."""
-    text_gzip: bytes = b""
-    openmetrics_gzip: bytes = b""
+    text_gzip: GzipPrefix = field(default_factory=lambda: GzipPrefix(b""))
+    openmetrics_gzip: GzipPrefix = field(default_factory=lambda: GzipPrefix(b""))
+
+
+class GzipPrefix:
+    """The data part compressed once, as the open start of a gzip stream.
+
+    ``finish(tail)`` appends the per-scrape tail and closes the stream by copying the
+    compressor's saved state, so a scrape compresses only its few own lines and the
+    client still gets one ordinary gzip stream (curl reads only the first of several).
+    """
+
+    def __init__(self, data: bytes, level: int = 1) -> None:
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip wrapper
+        self.prefix = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self, tail: bytes) -> bytes:
+        c = self._compressor.copy()
+        return self.prefix + c.compress(tail) + c.flush()
 
 
 @dataclass(frozen=True)

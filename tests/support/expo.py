@@ -83,3 +83,12 @@ def _reference() -> dict[str, Any]:
 
 def served(collection: Collection) -> Counts:
     return parse(collection.store.current.rendered.text.decode())
+
+
+def assert_counts(got: Counts, want: Counts) -> None:
+    """Every metric's series equal (timestamps to the microsecond), none missing or extra."""
+    import pytest
+
+    assert set(got) >= set(want)
+    for metric, series in want.items():
+        assert got[metric] == pytest.approx(series, rel=1e-12), metric

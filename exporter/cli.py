@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, logsetup
 from .collection import Collection
-from .config import Config, load_config
+from .config import Config, LogConfig, WebConfig, load_config
 from .db import Database, classify, connect, fetch, read_only, redact_url_text
 from .demo import Trickle, sqlite_demo
 from .errors import ConfigError, QueryError
@@ -26,6 +26,7 @@ from .http import App, Server, parse_listen_address
 from .mapping import Specs, build_specs
 from .scheduler import Schedule
 from .snapshot import Store
+from .webconfig import load_web_config
 
 log = logging.getLogger("convrs_exporter")
 
@@ -101,10 +102,11 @@ def with_flags(config: Config, args: argparse.Namespace) -> Config:
     log_cfg = {
         k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v is not None
     }
+    # through the models' validation, as the file's values went (model_copy would not check)
     return config.model_copy(
         update={
-            "web": config.web.model_copy(update=web),
-            "log": config.log.model_copy(update=log_cfg),
+            "web": WebConfig.model_validate({**config.web.model_dump(), **web}),
+            "log": LogConfig.model_validate({**config.log.model_dump(), **log_cfg}),
         }
     )
 
@@ -141,11 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(
         config.log.level, config.log.format, [url] if url else []
     )  # the whole URL too: it may not parse
+    web = None
     if config.web.config_file is not None:
-        fail(
-            f"{config.web.config_file}: --web.config.file (TLS and basic auth) is not "
-            "supported by this version yet"
-        )
+        try:
+            web = load_web_config(config.web.config_file)
+        except ConfigError as exc:
+            fail(exc.line())
     store, writer = Store(), None
     if url is None:
         if args.demo_seed:
@@ -177,7 +180,15 @@ def main(argv: list[str] | None = None) -> int:
 
     health = Health([s.key for s in specs.all()])
     collection = Collection(db, specs, config.collection, store, health)
-    app = App(store, health, collection.ready, config.web.telemetry_path)
+    app = App(
+        store,
+        health,
+        collection.ready,
+        config.web.telemetry_path,
+        authorize=web.authorize if web else None,
+        ssl_context=web.ssl_context if web else None,
+        headers=web.headers if web else {},
+    )
     try:
         server = Server(listen, app)
     except OSError as exc:

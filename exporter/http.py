@@ -11,9 +11,10 @@ import contextlib
 import html
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,6 +32,9 @@ class App:
     telemetry_path: str = "/metrics"
     authorize: Callable[[str | None], bool] | None = None
     """Checks the Authorization header (basic auth from the web config), if configured."""
+    ssl_context: ssl.SSLContext | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers (web config http_server_config.headers)."""
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -51,6 +55,17 @@ class Server(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's own thread: the TLS handshake, so a slow one blocks no one."""
+        if self.app.ssl_context is not None:
+            request.settimeout(Handler.timeout)
+            try:
+                request = self.app.ssl_context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake failed", extra={"peer": client_address[0], "err": exc})
+                return
+        super().finish_request(request, client_address)
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
@@ -126,7 +141,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in {**self.server.app.headers, **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if not head:

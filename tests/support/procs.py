@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,11 +25,14 @@ def free_port() -> int:
 
 
 def http_get(
-    url: str, headers: dict[str, str] | None = None, timeout: float = 10
+    url: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -68,10 +72,18 @@ class Exporter:
         self.env = {**os.environ, **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.scheme = "http"
+        self.headers: dict[str, str] = {}
+        self.context: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        return http_get(self.url + path, {**self.headers, **(headers or {})}, context=self.context)
 
     def start(self, wait_ready: bool = True) -> Exporter:
         log = self.log_path.open("ab")
@@ -92,7 +104,7 @@ class Exporter:
         )
         if wait_ready:
             wait_until(
-                lambda: self._alive() and http_get(self.url + "/readyz")[0] == 200,
+                lambda: self._alive() and self.get("/readyz")[0] == 200,
                 timeout=30,
                 what=f"exporter ready (log: {self.log()})",
             )
@@ -108,7 +120,7 @@ class Exporter:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def metrics(self, accept: str | None = None) -> str:
-        status, _, body = http_get(self.url + "/metrics", {"Accept": accept} if accept else {})
+        status, _, body = self.get("/metrics", {"Accept": accept} if accept else {})
         assert status == 200
         return body.decode()
 

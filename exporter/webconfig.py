@@ -129,8 +129,12 @@ def load_web_config(path: Path) -> WebSettings:
         msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
         raise ConfigError(msg.removeprefix("Value error, "), source=source, key=key) from None
     for user, hashed in parsed.basic_auth_users.items():
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ConfigError("not a bcrypt hash", source=source, key=f"basic_auth_users.{user}")
+        try:
+            bcrypt.checkpw(b"", hashed.encode())
+        except ValueError:
+            raise ConfigError(
+                "not a bcrypt hash", source=source, key=f"basic_auth_users.{user}"
+            ) from None
     base = path.parent
     tls = parsed.tls_server_config
     context = _ssl_context(tls, base, source) if tls is not None else None

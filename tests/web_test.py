@@ -167,3 +167,14 @@ def test_bad_web_config_exits_2(tmp: Path, text: str, words: str) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and words in result.stderr and str(web) in result.stderr
+
+
+def test_example_web_config_hash_is_real() -> None:
+    from exporter.webconfig import BasicAuth, WebFile
+
+    path = Path(__file__).parent.parent / "config" / "web-config.example.yml"
+    users = WebFile.model_validate(yaml.safe_load(path.read_text())).basic_auth_users
+    auth = BasicAuth(users)
+    assert auth(basic("prometheus", "change me")["Authorization"])
+    assert not auth(basic("prometheus", "change me!")["Authorization"])
+    assert not auth("Basic !!!") and not auth(None) and not auth("Bearer x")

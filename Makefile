@@ -28,5 +28,9 @@ lint: $(STAMP)
 services:
 	scripts/ensure-services.sh
 
+## Regenerate grafana/dashboards/convrs-organization-metrics.json from its generator.
+dashboard: $(STAMP)
+	$(VENV)/bin/python grafana/build_dashboard.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

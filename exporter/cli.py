@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, logsetup
 from .collection import Collection
-from .config import Config, LogConfig, WebConfig, load_config
+from .config import Config, LogConfig, WebConfig, load_config, validation_error
 from .db import Database, classify, connect, fetch, read_only, redact_url_text
 from .demo import Trickle, sqlite_demo
 from .errors import ConfigError, QueryError
@@ -103,12 +104,22 @@ def with_flags(config: Config, args: argparse.Namespace) -> Config:
         k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v is not None
     }
     # through the models' validation, as the file's values went (model_copy would not check)
-    return config.model_copy(
-        update={
-            "web": WebConfig.model_validate({**config.web.model_dump(), **web}),
-            "log": LogConfig.model_validate({**config.log.model_dump(), **log_cfg}),
-        }
-    )
+    try:
+        return config.model_copy(
+            update={
+                "web": WebConfig.model_validate({**config.web.model_dump(), **web}),
+                "log": LogConfig.model_validate({**config.log.model_dump(), **log_cfg}),
+            }
+        )
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        flag = {
+            "listen_address": "--web.listen-address",
+            "telemetry_path": "--web.telemetry-path",
+            "config_file": "--web.config.file",
+        }.get(field, f"--log.{field}")
+        message = validation_error(exc, "command line").message
+        raise ConfigError(message, source="command line", key=flag) from None
 
 
 def check_mapping(db: Database, specs: Specs) -> None:
@@ -119,7 +130,7 @@ def check_mapping(db: Database, specs: Specs) -> None:
             for spec in specs.all():
                 sql = f"SELECT * FROM ({spec.sql}) probe WHERE 1 = 0"
                 with read_only(db, conn):
-                    fetch(db, conn, spec.key, sql, {"after": 0, "settle": 0})
+                    fetch(db, conn, spec.key, sql, {"after": 0, "settle": 0, "seen": 0})
     except QueryError as exc:
         raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
     except SQLAlchemyError as exc:
@@ -131,11 +142,13 @@ def check_mapping(db: Database, specs: Specs) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    ignored: list[str] = []
     try:
-        config = with_flags(load_config(args.config_file), args)
-        listen = parse_listen_address(config.web.listen_address)
+        config = with_flags(load_config(args.config_file, ignored=ignored), args)
     except ConfigError as exc:
         fail(exc.line())
+    try:
+        listen = parse_listen_address(config.web.listen_address)
     except ValueError as exc:
         fail(f"web.listen_address: {exc}")
     url = config.database.url.get_secret_value() if config.database.url else None
@@ -143,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(
         config.log.level, config.log.format, [url] if url else []
     )  # the whole URL too: it may not parse
+    if ignored:
+        log.warning(
+            "ignoring environment variables that name no setting",
+            extra={"variables": ",".join(ignored)},
+        )
     web = None
     if config.web.config_file is not None:
         try:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CollectionConfig
 from .counting import MessageCounter, label_value, to_unix
-from .db import Database, classify, fetch, pg_snapshot_bounds, read_only
+from .db import Database, classify, fetch, pg_fence, pg_probe, read_only
 from .errors import QueryError
 from .exposition import Health, render
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
@@ -40,6 +40,7 @@ class Collection:
         store: Store,
         health: Health,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.specs = specs
@@ -47,6 +48,9 @@ class Collection:
         self.store = store
         self.health = health
         self.clock = clock
+        """Wall clock, for timestamps that are exported."""
+        self.monotonic = monotonic
+        """For ages (staleness, settling), immune to clock steps."""
         self.counter = MessageCounter(specs.messages, settings.settle_after)
         self.ready = threading.Event()
         self._last: dict[str, MetricData] = {}
@@ -91,7 +95,7 @@ class Collection:
         return errors
 
     def _collect(self, conn: Connection, spec: Spec) -> MetricData:
-        now = self.clock()
+        now = self.monotonic()
         if isinstance(spec, MessagesSpec):
             return self._collect_messages(conn, spec, now)
         with read_only(self.db, conn):
@@ -106,12 +110,12 @@ class Collection:
     def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
         pg = self.db.dialect == "postgresql"
         with read_only(self.db, conn):
-            xmin = pg_snapshot_bounds(conn)[0] if pg else None
-            params = self.counter.params(now, xmin)
+            probe = pg_probe(conn) if pg else None
+            params = self.counter.params(now, probe)
             _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
-            xmax = pg_snapshot_bounds(conn)[1] if pg else None
-        self.counter.apply(rows, params, now, xmax)
-        self.health.unsettled.set(sum(s.tail for s in self.counter.series.values()))
+            fence = pg_fence(conn) if pg else None
+        self.counter.apply(rows, params, now, fence)
+        self.health.unsettled.set(self.counter.recounted)
         return MetricData(spec.key, (), now)  # series are built from the counter state
 
     def _report(self, specs: Sequence[Spec], errors: dict[str, QueryError], elapsed: float) -> None:
@@ -154,7 +158,7 @@ class Collection:
 
     def snapshot(self) -> Snapshot:
         """Fresh metric data (stale values withheld), zero-filled, rendered."""
-        now = self.clock()
+        now = self.monotonic()
         fresh: dict[str, MetricData] = {}
         for spec in self.specs.all():
             data = self._last.get(spec.key)
@@ -173,8 +177,8 @@ class Collection:
                 else {}
             )
             fresh.update(self._message_data(fresh["messages"].collected_at, overrides))
-        snap = Snapshot(metrics=MappingProxyType(fresh), taken_at=now)
-        return Snapshot(metrics=snap.metrics, taken_at=now, rendered=render(self.specs, snap))
+        snap = Snapshot(metrics=MappingProxyType(fresh), taken_at=self.clock())
+        return Snapshot(snap.metrics, snap.taken_at, rendered=render(self.specs, snap))
 
     def _message_data(self, at: float, overrides: dict[str, float]) -> dict[str, MetricData]:
         since = {od: overrides.get(od[0], ts) for od, ts in self.counter.since.items()}

@@ -278,13 +278,19 @@ def reference_mapping() -> dict[str, Any]:
 # --- environment ------------------------------------------------------------
 
 _SECTIONS = ("database", "collection", "labels", "web", "log")
+_LIST_SETTINGS = {("labels", "drop")}
 
 
-def _env_overrides(environ: AbcMapping[str, str], source: str) -> dict[str, Any]:
+def _env_overrides(
+    environ: AbcMapping[str, str], origins: dict[tuple[str, str], str], ignored: list[str]
+) -> dict[str, Any]:
     """``CONVRS_EXPORTER_COLLECTION_INTERVAL=10s`` -> ``{"collection": {"interval": "10s"}}``.
 
-    Values are read as YAML scalars or flow collections (``[channel]``). The database URL
-    may come from a file named by ``CONVRS_EXPORTER_DATABASE_URL_FILE``.
+    Values are text, but for lists (``labels.drop``: ``[channel, sender]`` or
+    ``channel,sender``). The database URL may come from a file named by
+    ``CONVRS_EXPORTER_DATABASE_URL_FILE``. Variables outside the known sections are left
+    alone (named in ``ignored``): Kubernetes sets ``CONVRS_EXPORTER_PORT`` and the like for
+    a Service of that name. ``origins`` maps (section, key) to the variable, for errors.
     """
     out: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
@@ -299,20 +305,23 @@ def _env_overrides(environ: AbcMapping[str, str], source: str) -> dict[str, Any]
                     f"cannot read {raw}: {exc.strerror}", source="environment", key=name
                 ) from None
             out.setdefault("database", {})["url"] = value
+            origins[("database", "url")] = name
             continue
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
-            raise ConfigError(
-                "unknown setting (sections: " + ", ".join(_SECTIONS) + ")",
-                source="environment",
-                key=name,
-            )
+            ignored.append(name)
+            continue
         key = rest[len(section) + 1 :]
-        if section == "database" and key == "url":
-            value = raw  # never parse a URL as YAML; it is a secret and a string
-        else:
-            value = _load_yaml(raw, f"environment {name}") if raw else raw
+        value = raw
+        if (section, key) in _LIST_SETTINGS:  # "[channel, sender]" or "channel,sender"
+            text = raw.strip()
+            value = (
+                _load_yaml(text, "environment", environ)
+                if text.startswith("[")
+                else [item.strip() for item in text.split(",") if item.strip()]
+            )
         out.setdefault(section, {})[key] = value
+        origins[(section, key)] = name
     return out
 
 
@@ -332,9 +341,14 @@ def _error_key(loc: tuple[int | str, ...]) -> str:
 
 
 def load_config(
-    path: str | Path | None = None, environ: AbcMapping[str, str] | None = None
+    path: str | Path | None = None,
+    environ: AbcMapping[str, str] | None = None,
+    ignored: list[str] | None = None,
 ) -> Config:
-    """Read the YAML file (if any), apply environment overrides, validate everything."""
+    """Read the YAML file (if any), apply environment overrides, validate everything.
+
+    Environment variables with the prefix but no known section are appended to ``ignored``.
+    """
     environ = os.environ if environ is None else environ
     source = str(path) if path is not None else "configuration"
     data: Any = {}
@@ -348,19 +362,31 @@ def load_config(
             data = {}
         if not isinstance(data, dict):
             raise ConfigError("the file must hold a mapping of settings", source=source)
-    data = _merge(data, _env_overrides(environ, source))
+    origins: dict[tuple[str, str], str] = {}
+    data = _merge(data, _env_overrides(environ, origins, [] if ignored is None else ignored))
     data["mapping"] = {**reference_mapping(), **(data.get("mapping") or {})}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting"
-            problems.append(f"{_error_key(err['loc'])}: {msg}")
-        first, *rest = problems
-        key, _, message = first.partition(": ")
-        if rest:
-            message += f" (and {len(rest)} more: " + "; ".join(rest) + ")"
-        raise ConfigError(message, source=source, key=key) from None
+        raise validation_error(exc, source, origins) from None
+
+
+def validation_error(
+    exc: ValidationError, source: str, origins: dict[tuple[str, str], str] | None = None
+) -> ConfigError:
+    """One ConfigError for all of pydantic's complaints; the first names where it came from."""
+    problems = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        loc = tuple(str(p) for p in err["loc"])
+        env = (origins or {}).get((loc[0], loc[1])) if len(loc) >= 2 else None
+        problems.append((env, f"{_error_key(err['loc'])}: {msg}"))
+    (env, first), *rest = problems
+    key, _, message = first.partition(": ")
+    if rest:
+        message += f" (and {len(rest)} more: " + "; ".join(p for _, p in rest) + ")"
+    if env is not None:
+        return ConfigError(message, source="environment", key=env)
+    return ConfigError(message, source=source, key=key)

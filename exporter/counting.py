@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .db import Fence, Probe
 from .mapping import MessagesSpec
 
 SeriesKey = tuple[str, ...]
@@ -65,24 +66,33 @@ def label_value(value: Any) -> str:
 class _Series:
     total: int = 0
     """Exported: only ever grows."""
-    settled: int = 0
-    """Rows at or below the watermark, counted once."""
     tail: int = 0
-    """Rows above the watermark at the last collection."""
+    """Rows above the watermark at the last collection (all at or below the highest key seen)."""
 
 
 @dataclass(frozen=True)
 class _Seen:
     at: float
+    """Monotonic time of the count that saw ``max_key``."""
     max_key: int
-    xmax: int | None
+    fence: Fence | None
 
 
 @dataclass
 class MessageCounter:
+    """Per-series running totals past a settled watermark (see the module docstring).
+
+    Each query counts, per series, the rows above the watermark ``after`` (``n``), the part
+    at or below ``settle`` that becomes final now (``n_settling``), and the part above the
+    highest key seen before, ``seen`` (``n_fresh``): new rows count at once; a change among
+    the older tail rows counts only when it is a rise (a late commit), never a fall (a delete).
+    """
+
     spec: MessagesSpec
     settle_after: float
     watermark: int = FLOOR
+    highest: int = FLOOR
+    """The highest key seen so far."""
     series: dict[SeriesKey, _Series] = field(default_factory=dict)
     since: dict[tuple[str, str], float] = field(default_factory=dict)
     """Counting-since per (org, direction): oldest message at first sight; never moves."""
@@ -94,49 +104,64 @@ class MessageCounter:
         """True once the whole table has been counted (the first collection)."""
         return self.collections > 0
 
-    def params(self, now: float, xmin: int | None) -> dict[str, int]:
-        """Bounds for the next query: count above ``after``; at or below ``settle`` is final."""
-        settle = self.watermark
-        while self._seen and self._is_settled(self._seen[0], now, xmin):
-            settle = max(settle, self._seen.popleft().max_key)
-        return {"after": self.watermark, "settle": settle}
+    @property
+    def recounted(self) -> int:
+        """Rows above the watermark, counted again on every collection."""
+        return sum(s.tail for s in self.series.values())
 
-    def _is_settled(self, seen: _Seen, now: float, xmin: int | None) -> bool:
+    def params(self, now: float, probe: Probe | None) -> dict[str, int]:
+        """Bounds for the next query (``now`` is monotonic)."""
+        settle = self.watermark
+        while self._seen and self._is_settled(self._seen[0], now, probe):
+            settle = max(settle, self._seen.popleft().max_key)
+        return {"after": self.watermark, "settle": settle, "seen": self.highest}
+
+    def _is_settled(self, seen: _Seen, now: float, probe: Probe | None) -> bool:
         if now - seen.at < self.settle_after:
             return False
-        return seen.xmax is None or (xmin is not None and xmin >= seen.xmax)
+        if seen.fence is None:  # not PostgreSQL: the time alone
+            return True
+        return probe is not None and probe.passed(seen.fence)
 
     def apply(
-        self, rows: Iterable[Sequence[Any]], params: dict[str, int], now: float, xmax: int | None
+        self,
+        rows: Iterable[Sequence[Any]],
+        params: dict[str, int],
+        now: float,
+        fence: Fence | None,
     ) -> None:
-        """Fold one query's rows (org, labels..., n, n_settling, first_ts, max_key) in."""
+        """Fold one query's rows (org, labels..., n, n_settling, n_fresh, first_ts, max_key)."""
         width = 1 + len(self.spec.labels)
-        counted: dict[SeriesKey, tuple[int, int]] = {}
-        max_key = params["settle"]
+        counted: dict[SeriesKey, tuple[int, int, int]] = {}
+        highest = self.highest
         firsts: dict[tuple[str, str], float] = {}
         for row in rows:
             key = tuple(label_value(v) for v in row[:width])
-            n, n_settling, first_ts, row_max = row[width : width + 4]
-            prev = counted.get(key, (0, 0))  # label values that differ only in type merge
-            counted[key] = (prev[0] + int(n), prev[1] + int(n_settling or 0))
+            n, n_settling, n_fresh, first_ts, row_max = row[width : width + 5]
+            prev = counted.get(key, (0, 0, 0))  # label values that differ only in type merge
+            counted[key] = (
+                prev[0] + int(n),
+                prev[1] + int(n_settling or 0),
+                prev[2] + int(n_fresh or 0),
+            )
             if row_max is not None:
-                max_key = max(max_key, int(row_max))
+                highest = max(highest, int(row_max))
             first = to_unix(first_ts)
             od = (key[0], key[1])
             if first is not None and (od not in firsts or first < firsts[od]):
                 firsts[od] = first
         for key in set(counted) | set(self.series):
             state = self.series.setdefault(key, _Series())
-            n, n_settling = counted.get(key, (0, 0))
-            if n > state.tail:
-                state.total += n - state.tail
-            state.settled += n_settling
+            n, n_settling, n_fresh = counted.get(key, (0, 0, 0))
+            late = (n - n_fresh) - state.tail  # < 0: deleted; > 0: committed late
+            state.total += n_fresh + max(0, late)
             state.tail = n - n_settling
         for od, first in firsts.items():
             self.since.setdefault(od, first)
         self.watermark = params["settle"]
-        if max_key > self.watermark:
-            self._seen.append(_Seen(now, max_key, xmax))
+        if highest > self.highest:
+            self._seen.append(_Seen(now, highest, fence))
+            self.highest = highest
         self.collections += 1
 
     def totals(self) -> dict[SeriesKey, int]:

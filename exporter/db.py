@@ -7,12 +7,13 @@ and every statement is bounded by the statement timeout.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -32,13 +33,20 @@ def redact_url_text(url: str) -> str:
 def parse_url(raw: str) -> URL:
     """Parse and normalise a database URL; ``postgresql://`` means psycopg 3."""
     try:
-        url = make_url(raw.strip())
-    except ArgumentError:
+        url = make_url(raw.strip())  # a non-numeric port raises ValueError
+    except (ArgumentError, ValueError):
         # never echo it: a URL that does not parse cannot be redacted reliably
         raise ConfigError(
             "cannot parse database URL (expected dialect://user:password@host:port/database)",
             key="database.url",
         ) from None
+    if "@" in (url.host or "") or "@" in (url.database or ""):
+        # an unencoded "@" in the password: the part after it would be taken for the host
+        # and could be echoed in errors, so refuse it without saying what it is
+        raise ConfigError(
+            "the URL has more than one '@': percent-encode '@' in the password as %40",
+            key="database.url",
+        )
     if url.drivername in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg")
     return url
@@ -48,7 +56,7 @@ def parse_url(raw: str) -> URL:
 class Database:
     engine: Engine
     statement_timeout: float
-    secret: str | None
+    secret: str | None = field(repr=False)
     """The password, kept only to scrub it from any message that might echo it."""
 
     @property
@@ -153,12 +161,49 @@ def classify(db: Database, query: str, exc: BaseException) -> QueryError:
     return QueryError(query, message)
 
 
-def pg_snapshot_bounds(conn: Connection) -> tuple[int, int]:
-    """(xmin, xmax) of a fresh PostgreSQL snapshot: every transaction below xmin has ended."""
+@dataclass(frozen=True)
+class Fence:
+    """Taken on PostgreSQL right after a count: an xid above every xid assigned so far, and
+    the database's clock. Every transaction that could still hold an uncommitted key at or
+    below the count's highest key started before ``at``, and has an xid below ``xid``
+    if it has one yet."""
+
+    xid: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Taken on PostgreSQL before a count: which earlier fences all transactions have passed."""
+
+    xmin: int
+    """The oldest transaction id still running (pg_current_snapshot's xmin)."""
+    oldest_start: dt.datetime | None
+    """Start of the oldest open transaction of any client session but ours."""
+    sees_all: bool
+    """False when pg_stat_activity hides other roles' sessions (no pg_read_all_stats)."""
+
+    def passed(self, fence: Fence) -> bool:
+        if self.xmin <= fence.xid:
+            return False
+        return not self.sees_all or self.oldest_start is None or self.oldest_start > fence.at
+
+
+def pg_probe(conn: Connection) -> Probe:
+    """Which transactions are still open, for settling the message watermark."""
     row = conn.execute(
         text(
-            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
-            "FROM (SELECT pg_current_snapshot() AS s) q"
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+            "(SELECT min(xact_start) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            " AND backend_type = 'client backend'), "
+            "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = '<insufficient privilege>')"
         )
     ).one()
-    return int(row[0]), int(row[1])
+    return Probe(xmin=int(row[0]), oldest_start=row[1], sees_all=bool(row[2]))
+
+
+def pg_fence(conn: Connection) -> Fence:
+    """Taken right after a count. pg_current_xact_id() gives this read-only transaction an
+    xid (nothing is written): every xid assigned before it is lower."""
+    row = conn.execute(text("SELECT pg_current_xact_id()::text::bigint, clock_timestamp()")).one()
+    return Fence(xid=int(row[0]), at=row[1])

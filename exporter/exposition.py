@@ -90,11 +90,25 @@ def render(specs: Specs, snapshot: Snapshot) -> Rendered:
     )
 
 
+def accepts(header: str | None, token: str) -> bool:
+    """Whether an Accept or Accept-Encoding header lists ``token`` with a q above 0."""
+    for part in (header or "").split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if name.lower() != token:
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 def wants_openmetrics(accept: str | None) -> bool:
-    return any(
-        part.split(";")[0].strip() == "application/openmetrics-text"
-        for part in (accept or "").split(",")
-    )
+    return accepts(accept, "application/openmetrics-text")
 
 
 class Health:

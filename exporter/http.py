@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Health, wants_openmetrics
+from .exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Health,
+    accepts,
+    wants_openmetrics,
+)
 from .snapshot import Store
 
 log = logging.getLogger("convrs_exporter.http")
@@ -121,7 +127,7 @@ class Handler(BaseHTTPRequestHandler):
         rendered = app.store.current.rendered
         om = wants_openmetrics(self.headers.get("Accept"))
         own = app.health.render(om)
-        gz = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+        gz = accepts(self.headers.get("Accept-Encoding"), "gzip")
         if gz:  # the data part was compressed once; only our own lines are compressed now
             body = (rendered.openmetrics_gzip if om else rendered.text_gzip).finish(own)
         else:

@@ -54,8 +54,9 @@ class OrgSpec:
 class MessagesSpec:
     """Grouped message counts past a watermark.
 
-    Parameters ``:after`` (count rows with key above it) and ``:settle`` (the part at
-    or below it is final). Rows: ``org, <labels...>, n, n_settling, first_ts, max_key``.
+    Parameters ``:after`` (count rows with key above it), ``:settle`` (the part at or
+    below it is final) and ``:seen`` (above it, new since the last count). Rows:
+    ``org, <labels...>, n, n_settling, n_fresh, first_ts, max_key``.
     """
 
     key: str
@@ -140,6 +141,7 @@ def messages_sql(mapping: MessagesMapping, labels: tuple[str, ...]) -> str:
     return (
         f"SELECT {cols}, count(*) AS n, "
         f"sum(CASE WHEN {key} <= :settle THEN 1 ELSE 0 END) AS n_settling, "
+        f"sum(CASE WHEN {key} > :seen THEN 1 ELSE 0 END) AS n_fresh, "
         f"min({ts}) AS first_ts, max({key}) AS max_key "
         f"{source} {where} {_group_by(1 + len(labels))}"
     ).replace("  ", " ")

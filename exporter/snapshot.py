@@ -27,6 +27,7 @@ class MetricData:
     key: str
     series: tuple[Series, ...]
     collected_at: float
+    """Monotonic time of the read (for staleness)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,6 @@ class Store:
         return self._current
 
     def publish(self, snapshot: Snapshot) -> None:
+        """Runs are serialized by the scheduler, so the latest published is the newest."""
         with self._write:
-            if snapshot.taken_at >= self._current.taken_at:
-                self._current = snapshot
+            self._current = snapshot

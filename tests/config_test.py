@@ -101,9 +101,10 @@ def test_bad_config_names_file_key_and_problem(tmp: Path, text: str, key: str, w
     assert "\n" not in line
 
 
-def test_unknown_environment_setting() -> None:
-    with pytest.raises(ConfigError, match="CONVRS_EXPORTER_NOPE_X: unknown setting"):
-        load_config(None, {"CONVRS_EXPORTER_NOPE_X": "1"})
+def test_list_settings_from_the_environment() -> None:
+    for raw in ("[channel, sender]", "channel,sender"):
+        config = load_config(None, {"CONVRS_EXPORTER_LABELS_DROP": raw})
+        assert config.labels.drop == ["channel", "sender"]
 
 
 def _assert_exit_2(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -183,3 +184,49 @@ def test_shipped_examples_load(name: str) -> None:
     path = Path(__file__).parent.parent / "config" / name
     config = load_config(path, {})
     assert config.collection.interval == 30
+
+
+def test_kubernetes_service_variables_are_ignored_and_plain_text_kept() -> None:
+    ignored: list[str] = []
+    config = load_config(
+        None,
+        {
+            "CONVRS_EXPORTER_PORT": "tcp://10.0.0.1:9653",
+            "CONVRS_EXPORTER_SERVICE_HOST": "10.0.0.1",
+            "CONVRS_EXPORTER_WEB_LISTEN_ADDRESS": "[::]:9653",
+            "CONVRS_EXPORTER_DATABASE_POOL_SIZE": "3",
+        },
+        ignored=ignored,
+    )
+    assert ignored == ["CONVRS_EXPORTER_PORT", "CONVRS_EXPORTER_SERVICE_HOST"]
+    assert config.web.listen_address == "[::]:9653"
+    assert config.database.pool_size == 3
+
+
+def test_a_bad_environment_value_is_named_by_its_variable(tmp: Path) -> None:
+    path = write(tmp, "collection:\n  interval: 30s\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"CONVRS_EXPORTER_COLLECTION_INTERVAL": "soon"})
+    assert info.value.line().startswith("environment: CONVRS_EXPORTER_COLLECTION_INTERVAL: ")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"CONVRS_EXPORTER_COLLECTION_INTERVALL": "1s"})
+    assert "CONVRS_EXPORTER_COLLECTION_INTERVALL: unknown setting" in info.value.line()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        (f"postgresql://u:pa@{SECRET}@127.0.0.1:5432/db", "percent-encode"),
+        (f"postgresql://u:{SECRET}@127.0.0.1:54x2/db", "cannot parse"),
+    ],
+)
+def test_cli_exits_2_on_urls_that_would_leak(tmp: Path, url: str, words: str) -> None:
+    path = write(tmp, "{}\n")
+    result = run_cli("--config.file", path, env={"CONVRS_EXPORTER_DATABASE_URL": url})
+    _assert_exit_2(result, "database.url", words)
+
+
+def test_cli_exits_2_on_a_bad_flag_value(tmp: Path) -> None:
+    path = write(tmp, "{}\n")
+    result = run_cli("--config.file", path, "--web.telemetry-path", "metrics", "--config.check")
+    _assert_exit_2(result, "--web.telemetry-path", "should match")

@@ -159,3 +159,12 @@ def test_prometheus_scrapes_the_same_numbers(exporter: Exporter, db: Engine, tmp
         assert prom.values("scrape_samples_scraped", "job")[("convrs",)] > 50
     finally:
         prom.stop()
+
+
+def test_refused_encodings_are_not_sent(exporter: Exporter) -> None:
+    status, headers, body = http_get(
+        exporter.url + "/metrics",
+        {"Accept-Encoding": "gzip;q=0, identity", "Accept": "application/openmetrics-text;q=0"},
+    )
+    assert status == 200 and "Content-Encoding" not in headers
+    assert headers["Content-Type"].startswith("text/plain") and b"convrs_flows{" in body

@@ -1,0 +1,269 @@
+"""Incremental message counting stays exact: ids committed out of order, transactions that take
+an id before their xid, deletions, restarts, and a randomized mix, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+
+from exporter.collection import Collection
+from exporter.schema import metadata
+from tests.support.expo import in_process, served
+
+KEY = ("1", "inbound", "sms", "user")
+INSERT = (
+    "INSERT INTO messages (org_id, direction, sender_type, channel) "
+    "VALUES (1, 'inbound', 'user', 'sms') RETURNING id"
+)
+
+
+@pytest.fixture
+def empty(pg_engine: Engine) -> Engine:
+    metadata.create_all(pg_engine)
+    with pg_engine.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A'), (2, 'B')"))
+    return pg_engine
+
+
+@contextmanager
+def as_role(empty: Engine, monitoring: bool) -> Iterator[Collection]:
+    """The exporter as its own role: one that sees every session in pg_stat_activity
+    (pg_read_all_stats, which pg_monitor grants), or a plain one that does not."""
+    role = f"exporter_{uuid.uuid4().hex[:8]}"
+    with empty.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+        if monitoring:
+            conn.execute(text(f"GRANT pg_read_all_stats TO {role}"))
+    url = _url(empty).replace("postgres@", f"{role}@")
+    coll, _ = in_process(url, {"collection": {"settle_after": "1ms"}})
+    try:
+        assert _role_sees_all(coll) is monitoring
+        yield coll
+    finally:
+        coll.db.close()
+        with empty.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+
+
+@pytest.fixture(params=["monitoring role", "plain role"])
+def collection(request: pytest.FixtureRequest, empty: Engine) -> Iterator[Collection]:
+    with as_role(empty, request.param == "monitoring role") as coll:
+        yield coll
+
+
+@pytest.fixture
+def monitoring(empty: Engine) -> Iterator[Collection]:
+    with as_role(empty, True) as coll:
+        yield coll
+
+
+def _role_sees_all(coll: Collection) -> bool:
+    from exporter.db import pg_probe
+
+    with coll.db.engine.connect() as conn:
+        return pg_probe(conn).sees_all
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _dsn(engine: Engine) -> str:
+    return f"host=127.0.0.1 port=5432 user=postgres dbname={engine.url.database}"
+
+
+def total(coll: Collection, key: tuple[str, ...] = KEY) -> float:
+    return served(coll)["convrs_messages_total"].get(key, 0.0)
+
+
+def table_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM messages")).scalar_one())
+
+
+def run_n(coll: Collection, n: int = 3) -> None:
+    for _ in range(n):
+        assert coll.run()
+
+
+def test_lower_id_committed_after_a_higher_one(collection: Collection, empty: Engine) -> None:
+    t1 = psycopg.connect(_dsn(empty))
+    t2 = psycopg.connect(_dsn(empty))
+    (low,) = t1.execute(INSERT).fetchone() or (0,)  # takes the lower id, stays open
+    (high,) = t2.execute(INSERT).fetchone() or (0,)
+    t2.commit()
+    assert low < high
+    run_n(collection)  # sees only the higher id, several times
+    assert total(collection) == 1
+    assert collection.counter.watermark < low  # held back while t1 is open
+    t1.commit()
+    run_n(collection)
+    assert total(collection) == 2 == table_count(empty)
+    for conn in (t1, t2):
+        conn.close()
+
+
+def test_older_xid_committing_first(collection: Collection, empty: Engine) -> None:
+    """The open transaction's xid is above the snapshot's xmax (one past the newest completed
+    xid): xmin-against-xmax alone would settle past its id."""
+    t2 = psycopg.connect(_dsn(empty))
+    t1 = psycopg.connect(_dsn(empty))
+    t2.execute("SELECT pg_current_xact_id()")
+    t1.execute("SELECT pg_current_xact_id()")
+    t1.execute(INSERT)  # id 1, open
+    t2.execute(INSERT)  # id 2
+    t2.commit()
+    run_n(collection)
+    t1.commit()
+    run_n(collection)
+    assert total(collection) == 2 == table_count(empty)
+    t1.close()
+    t2.close()
+
+
+def test_id_taken_before_the_transaction_has_an_xid(monitoring: Collection, empty: Engine) -> None:
+    """SELECT nextval first, INSERT later (an ORM pattern): no xid yet while it holds the id.
+    Only pg_stat_activity shows such a transaction (without pg_read_all_stats, settle_after
+    is what covers it)."""
+    collection = monitoring
+    for _ in range(100):  # nextval takes an xid when it logs the sequence (every 32 values)
+        t1 = psycopg.connect(_dsn(empty))
+        (early,) = t1.execute("SELECT nextval('messages_id_seq')").fetchone() or (0,)
+        if t1.execute("SELECT pg_current_xact_id_if_assigned()").fetchone() == (None,):
+            break
+        t1.close()
+    else:
+        pytest.fail("every nextval took an xid")
+    with empty.begin() as conn:
+        conn.execute(text(INSERT))
+    run_n(collection)
+    t1.execute(
+        "INSERT INTO messages (id, org_id, direction, sender_type, channel) "
+        "VALUES (%s, 1, 'inbound', 'user', 'sms')",
+        (early,),
+    )
+    t1.commit()
+    run_n(collection)
+    assert total(collection) == 2 == table_count(empty)
+    t1.close()
+
+
+def test_deleting_never_lowers_and_adding_moves_by_exactly_what_was_added(
+    collection: Collection, empty: Engine
+) -> None:
+    with empty.begin() as conn:
+        for _ in range(10):
+            conn.execute(text(INSERT))
+    run_n(collection)
+    assert total(collection) == 10
+    with empty.begin() as conn:  # a recent row deleted and a new one added in one interval
+        conn.execute(text("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)"))
+        conn.execute(text(INSERT))
+    assert collection.run()
+    assert total(collection) == 11
+    with empty.begin() as conn:  # retention: all but the newest two go
+        conn.execute(text("DELETE FROM messages WHERE id < (SELECT max(id) - 1 FROM messages)"))
+    run_n(collection)
+    assert total(collection) == 11
+    with empty.begin() as conn:
+        for _ in range(4):
+            conn.execute(text(INSERT))
+    assert collection.run()
+    assert total(collection) == 15
+
+
+def test_restart_rebuilds_totals_from_the_table(collection: Collection, empty: Engine) -> None:
+    with empty.begin() as conn:
+        for _ in range(6):
+            conn.execute(text(INSERT))
+    run_n(collection)
+    with empty.begin() as conn:
+        conn.execute(text("DELETE FROM messages WHERE id <= 2"))
+    run_n(collection)
+    assert total(collection) == 6
+    restarted, _ = in_process(_url(empty))
+    assert not restarted.ready.is_set()
+    assert restarted.run() and restarted.ready.is_set()
+    assert total(restarted) == 4 == table_count(empty)  # a counter reset, as the spec says
+    restarted.db.close()
+
+
+def test_randomized_out_of_order_commits_and_deletes(collection: Collection, empty: Engine) -> None:
+    """Seeded random mix of writers that commit out of order or roll back, retention deletes,
+    and collections; the totals always equal the rows ever committed, series by series."""
+    rng = random.Random(20261126)
+    series = [
+        (org, d, ch, "user" if d == "inbound" else "bot")
+        for org in (1, 2)
+        for d in ("inbound", "outbound")
+        for ch in ("sms", "line")
+    ]
+    committed: Counter[tuple[str, ...]] = Counter()
+    open_tx: list[tuple[psycopg.Connection[tuple[object, ...]], Counter[tuple[str, ...]]]] = []
+    for _step in range(120):
+        action = rng.random()
+        if action < 0.35 or not open_tx:  # a writer opens and inserts a few rows
+            conn = psycopg.connect(_dsn(empty))
+            added: Counter[tuple[str, ...]] = Counter()
+            for _ in range(rng.randint(1, 4)):
+                org, d, ch, sender = rng.choice(series)
+                conn.execute(
+                    "INSERT INTO messages (org_id, direction, sender_type, channel) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (org, d, sender, ch),
+                )
+                added[(str(org), d, ch, sender)] += 1
+            open_tx.append((conn, added))
+        elif action < 0.75:  # some writer, not necessarily the oldest, ends
+            conn, added = open_tx.pop(rng.randrange(len(open_tx)))
+            if rng.random() < 0.85:
+                conn.commit()
+                committed.update(added)
+            else:
+                conn.rollback()  # leaves a permanent gap in the ids
+            conn.close()
+        elif action < 0.8:  # retention deletes some settled rows
+            with empty.begin() as c:
+                c.execute(
+                    text(
+                        "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                        "WHERE id <= :w ORDER BY id LIMIT 3)"
+                    ),
+                    {"w": collection.counter.watermark},
+                )
+        else:
+            assert collection.run()
+            got = served(collection)["convrs_messages_total"]
+            assert got == {k: float(v) for k, v in committed.items() if v}
+    for conn, added in open_tx:
+        conn.commit()
+        committed.update(added)
+        conn.close()
+    run_n(collection)
+    assert served(collection)["convrs_messages_total"] == {
+        k: float(v) for k, v in committed.items() if v
+    }
+    # and a full count over what is left agrees with a direct SQL count
+    fresh, _ = in_process(_url(empty))
+    assert fresh.run()
+    with empty.connect() as c:
+        left = {
+            (str(o), d, ch, s): float(n)
+            for o, d, ch, s, n in c.execute(
+                text(
+                    "SELECT org_id, direction, channel, sender_type, count(*) FROM messages "
+                    "GROUP BY 1, 2, 3, 4"
+                )
+            )
+        }
+    assert served(fresh)["convrs_messages_total"] == left
+    fresh.db.close()

@@ -22,7 +22,7 @@ from .config import Config, LogConfig, WebConfig, load_config, validation_error
 from .db import Database, classify, connect, fetch, read_only, redact_url_text
 from .demo import Trickle, sqlite_demo
 from .errors import ConfigError, QueryError
-from .exposition import Health
+from .exposition import Health, ThresholdCollector
 from .http import App, Server, parse_listen_address
 from .mapping import Specs, build_specs
 from .scheduler import Schedule
@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convrs-exporter: configuration OK ({args.config_file or 'defaults'})")
         return 0
 
-    health = Health([s.key for s in specs.all()])
+    health = Health(
+        [s.key for s in specs.all()],
+        ThresholdCollector(config.thresholds.effective_defaults(), config.thresholds.per_org()),
+        interval=config.collection.interval,
+    )
     collection = Collection(db, specs, config.collection, store, health)
     app = App(
         store,

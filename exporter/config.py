@@ -193,12 +193,61 @@ class MappingConfig(Model):
         return self
 
 
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class ThresholdValues(Model):
+    """Alert thresholds; the Prometheus rules compare against them (see config/prometheus)."""
+
+    inbound_spike_per_minute: NonNegative | None = None
+    """Inbound messages per minute (5m average) above which InboundSpike fires."""
+    inbound_collapse_ratio: NonNegative | None = None
+    """InboundCollapsed: the last 30m's inbound rate below this fraction of the last day's."""
+    inbound_usual_min_per_minute: NonNegative | None = None
+    """... but only for organizations that usually get at least this many per minute."""
+    outbound_per_inbound_min: NonNegative | None = None
+    outbound_per_inbound_max: NonNegative | None = None
+    """The band for outbound per inbound messages over the last hour."""
+    users_per_active_agent_max: NonNegative | None = None
+    """Capacity: users per active agent above which UsersPerAgentHigh fires."""
+
+
+THRESHOLD_DEFAULTS = ThresholdValues(
+    inbound_spike_per_minute=1000,
+    inbound_collapse_ratio=0.2,
+    inbound_usual_min_per_minute=1,
+    outbound_per_inbound_min=0.5,
+    outbound_per_inbound_max=5,
+    users_per_active_agent_max=500,
+)
+
+
+class ThresholdsConfig(Model):
+    defaults: ThresholdValues = THRESHOLD_DEFAULTS
+    organizations: dict[str, ThresholdValues] = {}
+    """By org id (as in the `org` label): only the thresholds that differ from the defaults."""
+
+    def effective_defaults(self) -> dict[str, float]:
+        """Every threshold's default: the configured one, else the built-in one."""
+        builtin = THRESHOLD_DEFAULTS.model_dump()
+        return {
+            k: v if v is not None else builtin[k] for k, v in self.defaults.model_dump().items()
+        }
+
+    def per_org(self) -> dict[str, dict[str, float]]:
+        return {
+            org: {k: v for k, v in values.model_dump().items() if v is not None}
+            for org, values in self.organizations.items()
+        }
+
+
 class Config(Model):
     database: DatabaseConfig = DatabaseConfig()
     collection: CollectionConfig = CollectionConfig()
     labels: LabelsConfig = LabelsConfig()
     web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
+    thresholds: ThresholdsConfig = ThresholdsConfig()
     mapping: MappingConfig
 
     @model_validator(mode="after")
@@ -277,7 +326,7 @@ def reference_mapping() -> dict[str, Any]:
 
 # --- environment ------------------------------------------------------------
 
-_SECTIONS = ("database", "collection", "labels", "web", "log")
+_SECTIONS = ("database", "collection", "labels", "web", "log", "thresholds")
 _LIST_SETTINGS = {("labels", "drop")}
 
 

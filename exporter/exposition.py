@@ -111,12 +111,53 @@ def wants_openmetrics(accept: str | None) -> bool:
     return accepts(accept, "application/openmetrics-text")
 
 
+class ThresholdCollector:
+    """The alert thresholds from the configuration, for the rules to compare against:
+    per organization where set, and the defaults (the rules fall back to them)."""
+
+    def __init__(self, defaults: dict[str, float], per_org: dict[str, dict[str, float]]) -> None:
+        self.defaults = defaults
+        self.per_org = per_org
+
+    def collect(self) -> Iterator[Metric]:
+        default = GaugeMetricFamily(
+            "convrs_alert_threshold_default",
+            "Alert threshold for organizations that set none, by threshold.",
+            labels=["threshold"],
+        )
+        for name, value in sorted(self.defaults.items()):
+            default.add_metric([name], value)
+        yield default
+        own = GaugeMetricFamily(
+            "convrs_alert_threshold",
+            "Alert threshold an organization sets for itself, by threshold.",
+            labels=["org", "threshold"],
+        )
+        for org, values in sorted(self.per_org.items()):
+            for name, value in sorted(values.items()):
+                own.add_metric([org, name], value)
+        yield own
+
+
 class Health:
     """The exporter's own metrics (spec: "The exporter's own health"), plus process metrics."""
 
-    def __init__(self, query_names: list[str]) -> None:
+    def __init__(
+        self,
+        query_names: list[str],
+        thresholds: ThresholdCollector | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if thresholds is not None:
+            r.register(thresholds)
+        if interval is not None:
+            Gauge(
+                "convrs_exporter_collection_interval_seconds",
+                "The configured collection interval (the rules' staleness alert uses it).",
+                registry=r,
+            ).set(interval)
         for default in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(default)
         self.up = Gauge("convrs_up", "1 if the latest collection succeeded, else 0.", registry=r)

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         _SECRETS.extend([db.secret] if db.secret else [])
         if args.demo_seed:
             return _seed(db)
-        specs = build_specs(config)
+        specs = build_specs(config, db.dialect)
         check_mapping(db, specs)
     except ConfigError as exc:
         exc.source = exc.source or args.config_file or "configuration"
@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
     health = Health(
         [s.key for s in specs.all()],
-        ThresholdCollector(config.thresholds.effective_defaults(), config.thresholds.per_org()),
+        ThresholdCollector(
+            config.thresholds.effective_defaults(),
+            {o: t for o, t in config.thresholds.per_org().items() if specs.shard.owns(o)},
+        ),
         interval=config.collection.interval,
     )
     collection = Collection(db, specs, config.collection, store, health)

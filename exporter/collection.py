@@ -22,7 +22,7 @@ from .config import CollectionConfig
 from .counting import MessageCounter, label_value, to_unix
 from .db import Database, classify, fetch, pg_fence, pg_probe, read_only
 from .errors import QueryError
-from .exposition import Health, render
+from .exposition import Health, Renderer
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
 from .snapshot import MetricData, Series, Snapshot, Store
 
@@ -52,6 +52,7 @@ class Collection:
         self.monotonic = monotonic
         """For ages (staleness, settling), immune to clock steps."""
         self.counter = MessageCounter(specs.messages, settings.settle_after)
+        self.renderer = Renderer()
         self.ready = threading.Event()
         self._last: dict[str, MetricData] = {}
         self._ok: dict[str, bool] = {}
@@ -100,6 +101,7 @@ class Collection:
             return self._collect_messages(conn, spec, now)
         with read_only(self.db, conn):
             _, rows = fetch(self.db, conn, spec.key, spec.sql)
+        rows = self._mine(rows)
         if isinstance(spec, OrgSpec):
             series = tuple(
                 Series((label_value(r[0]), label_value(r[1])), 1.0, to_unix(r[2])) for r in rows
@@ -114,9 +116,42 @@ class Collection:
             params = self.counter.params(now, probe)
             _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
             fence = pg_fence(conn) if pg else None
-        self.counter.apply(rows, params, now, fence)
+        self.counter.apply(self._mine(rows), params, now, fence)
         self.health.unsettled.set(self.counter.recounted)
         return MetricData(spec.key, (), now)  # series are built from the counter state
+
+    def reconcile(self) -> int:
+        """The safety net: a full count of the messages at or below the watermark, run at
+        ``reconcile_interval``. Returns how many uncounted messages it found and added."""
+        with self._lock:
+            params = self.counter.reconcile_params()
+            if params is None:
+                return 0
+            spec = self.specs.messages
+            try:
+                with self.db.engine.connect() as conn, read_only(self.db, conn):
+                    _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
+            except (QueryError, SQLAlchemyError) as exc:
+                err = exc if isinstance(exc, QueryError) else classify(self.db, spec.key, exc)
+                log.warning("reconciliation failed; will try again", extra={"err": err.message})
+                return 0
+            added = self.counter.reconcile(self._mine(rows))
+            found = sum(added.values())
+            if found:
+                log.warning(
+                    "reconciliation found messages the incremental count missed; added them",
+                    extra={"messages": found, "series": len(added)},
+                )
+                self.health.reconciled.inc(found)
+                self.store.publish(self.snapshot())
+            return found
+
+    def _mine(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+        """This shard's rows (the SQL may have filtered already; this is exact everywhere)."""
+        shard = self.specs.shard
+        if shard.total == 1:
+            return rows
+        return [r for r in rows if shard.owns(label_value(r[0]))]
 
     def _report(self, specs: Sequence[Spec], errors: dict[str, QueryError], elapsed: float) -> None:
         h = self.health
@@ -178,7 +213,9 @@ class Collection:
             )
             fresh.update(self._message_data(fresh["messages"].collected_at, overrides))
         snap = Snapshot(metrics=MappingProxyType(fresh), taken_at=self.clock())
-        return Snapshot(snap.metrics, snap.taken_at, rendered=render(self.specs, snap))
+        return Snapshot(
+            snap.metrics, snap.taken_at, rendered=self.renderer.render(self.specs, snap)
+        )
 
     def _message_data(self, at: float, overrides: dict[str, float]) -> dict[str, MetricData]:
         since = {od: overrides.get(od[0], ts) for od, ts in self.counter.since.items()}

@@ -75,6 +75,8 @@ class CollectionConfig(Model):
     """How long the last good values of a failing metric are still served; 5 intervals."""
     settle_after: Duration = 30.0
     """How long a message id must have been seen before it is counted as final."""
+    reconcile_interval: Duration | None = 6 * 3600.0
+    """How often a full count checks the settled messages (None: never)."""
 
     def stale_after_seconds(self, interval: float) -> float:
         return self.stale_after if self.stale_after is not None else 5 * interval
@@ -241,6 +243,20 @@ class ThresholdsConfig(Model):
         }
 
 
+class ShardConfig(Model):
+    """This replica's share of the organizations: those whose stable hash modulo ``total``
+    is ``index`` (0-based)."""
+
+    index: int = Field(default=0, ge=0)
+    total: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _index_below_total(self) -> ShardConfig:
+        if self.index >= self.total:
+            raise ValueError(f"index ({self.index}) must be below total ({self.total})")
+        return self
+
+
 class Config(Model):
     database: DatabaseConfig = DatabaseConfig()
     collection: CollectionConfig = CollectionConfig()
@@ -248,6 +264,7 @@ class Config(Model):
     web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()
+    shard: ShardConfig = ShardConfig()
     mapping: MappingConfig
 
     @model_validator(mode="after")
@@ -326,7 +343,7 @@ def reference_mapping() -> dict[str, Any]:
 
 # --- environment ------------------------------------------------------------
 
-_SECTIONS = ("database", "collection", "labels", "web", "log", "thresholds")
+_SECTIONS = ("database", "collection", "labels", "web", "log", "thresholds", "shard")
 _LIST_SETTINGS = {("labels", "drop")}
 
 

@@ -66,6 +66,9 @@ def label_value(value: Any) -> str:
 class _Series:
     total: int = 0
     """Exported: only ever grows."""
+    settled: int = 0
+    """Rows at or below the watermark: as the last reconciliation found them, plus those
+    settled since."""
     tail: int = 0
     """Rows above the watermark at the last collection (all at or below the highest key seen)."""
 
@@ -155,6 +158,7 @@ class MessageCounter:
             n, n_settling, n_fresh = counted.get(key, (0, 0, 0))
             late = (n - n_fresh) - state.tail  # < 0: deleted; > 0: committed late
             state.total += n_fresh + max(0, late)
+            state.settled += n_settling
             state.tail = n - n_settling
         for od, first in firsts.items():
             self.since.setdefault(od, first)
@@ -163,6 +167,36 @@ class MessageCounter:
             self._seen.append(_Seen(now, highest, fence))
             self.highest = highest
         self.collections += 1
+
+    def reconcile_params(self) -> dict[str, int] | None:
+        """Bounds for a full count whose ``n_settling`` is each series' rows at or below the
+        watermark; None before anything settled."""
+        if self.watermark == FLOOR:
+            return None
+        return {"after": FLOOR, "settle": self.watermark, "seen": self.highest}
+
+    def reconcile(self, rows: Iterable[Sequence[Any]]) -> dict[SeriesKey, int]:
+        """Compare a full count at or below the watermark with what was counted there.
+
+        More rows than counted means some were committed below the watermark after it
+        moved past them (a transaction that outlived every check): their number is added
+        to the totals and returned. Fewer means deletions, which change nothing. Either
+        way the table's count becomes the new baseline.
+        """
+        width = 1 + len(self.spec.labels)
+        found: dict[SeriesKey, int] = {}
+        for row in rows:
+            key = tuple(label_value(v) for v in row[:width])
+            found[key] = found.get(key, 0) + int(row[width + 1] or 0)
+        added: dict[SeriesKey, int] = {}
+        for key in set(found) | set(self.series):
+            state = self.series.setdefault(key, _Series())
+            now = found.get(key, 0)
+            if now > state.settled:
+                added[key] = now - state.settled
+                state.total += now - state.settled
+            state.settled = now
+        return added
 
     def totals(self) -> dict[SeriesKey, int]:
         return {key: s.total for key, s in self.series.items() if s.total > 0}

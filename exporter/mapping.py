@@ -7,6 +7,7 @@ label given as a long CASE expression is written once.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from .config import REQUIRED_LABELS, Config, MessagesMapping, OrganizationsMapping, TableMapping
@@ -73,9 +74,37 @@ class Specs:
     organizations: OrgSpec
     gauges: tuple[GaugeSpec, ...]
     messages: MessagesSpec
+    shard: Shard
 
     def all(self) -> tuple[Spec, ...]:
         return (self.organizations, *self.gauges, self.messages)
+
+
+def shard_of(org: str, total: int) -> int:
+    """The stable hash of an org id that picks its shard: the first 32 bits of its MD5."""
+    return int(hashlib.md5(org.encode()).hexdigest()[:8], 16) % total  # noqa: S324 - not security
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    total: int = 1
+    pushdown: bool = False
+    """Whether the SQL filters on the shard (PostgreSQL); rows are filtered again in Python."""
+
+    def owns(self, org: str) -> bool:
+        return self.total == 1 or shard_of(org, self.total) == self.index
+
+    def condition(self, org_expr: str) -> str | None:
+        """The same hash in SQL, where the database can compute it."""
+        if self.total == 1 or not self.pushdown:
+            return None
+        digits = f"('x' || substr(md5(CAST({org_expr} AS text)), 1, 8))::bit(32)::bigint"
+        return f"mod({digits}, {self.total}) = {self.index}"
+
+    def having(self, org_expr: str) -> str:
+        cond = self.condition(org_expr)
+        return f" HAVING {cond}" if cond else ""
 
 
 def _strip(sql: str) -> str:
@@ -93,12 +122,13 @@ def _group_by(count: int) -> str:
     return "GROUP BY " + ", ".join(str(i) for i in range(1, count + 1))
 
 
-def gauge_sql(mapping: TableMapping, labels: tuple[str, ...]) -> str:
+def gauge_sql(mapping: TableMapping, labels: tuple[str, ...], shard: Shard = Shard()) -> str:
     if mapping.query is not None:
         cols = ", ".join(["src.org AS org", *(f"src.{lb} AS {lb}" for lb in labels)])
         return (
             f"SELECT {cols}, sum(src.value) AS value FROM ({_strip(mapping.query)}) src "
             + _group_by(1 + len(labels))
+            + shard.having("src.org")
         )
     assert mapping.table is not None and mapping.org is not None
     cols = ", ".join([f"{mapping.org} AS org", *(f"{mapping.labels[lb]} AS {lb}" for lb in labels)])
@@ -108,25 +138,28 @@ def gauge_sql(mapping: TableMapping, labels: tuple[str, ...]) -> str:
         + _from(mapping.table, mapping.joins, where)
         + " "
         + _group_by(1 + len(labels))
+        + shard.having(mapping.org)
     )
 
 
-def organizations_sql(mapping: OrganizationsMapping) -> str:
+def organizations_sql(mapping: OrganizationsMapping, shard: Shard = Shard()) -> str:
     if mapping.query is not None:
+        cond = shard.condition("src.org")
         return (
             f"SELECT src.org AS org, src.name AS name, src.counting_since AS counting_since "
-            f"FROM ({_strip(mapping.query)}) src"
+            f"FROM ({_strip(mapping.query)}) src" + (f" WHERE {cond}" if cond else "")
         )
-    assert mapping.table is not None
+    assert mapping.table is not None and mapping.id is not None
     since = mapping.counting_since or "NULL"
-    where = [mapping.filter] if mapping.filter else []
+    cond = shard.condition(mapping.id)
+    where = [c for c in (mapping.filter, cond) if c]
     return (
         f"SELECT {mapping.id} AS org, {mapping.name} AS name, {since} AS counting_since "
         + _from(mapping.table, [], where)
     )
 
 
-def messages_sql(mapping: MessagesMapping, labels: tuple[str, ...]) -> str:
+def messages_sql(mapping: MessagesMapping, labels: tuple[str, ...], shard: Shard = Shard()) -> str:
     if mapping.query is not None:
         org, key, ts = "src.org", "src.id", "src.created_at"
         exprs = {lb: f"src.{lb}" for lb in labels}
@@ -143,13 +176,15 @@ def messages_sql(mapping: MessagesMapping, labels: tuple[str, ...]) -> str:
         f"sum(CASE WHEN {key} <= :settle THEN 1 ELSE 0 END) AS n_settling, "
         f"sum(CASE WHEN {key} > :seen THEN 1 ELSE 0 END) AS n_fresh, "
         f"min({ts}) AS first_ts, max({key}) AS max_key "
-        f"{source} {where} {_group_by(1 + len(labels))}"
+        f"{source} {where} {_group_by(1 + len(labels))}{shard.having(org)}"
     ).replace("  ", " ")
 
 
-def build_specs(config: Config) -> Specs:
-    """The query specs for a validated configuration."""
+def build_specs(config: Config, dialect: str = "") -> Specs:
+    """The query specs for a validated configuration (``dialect``: the database's, for the
+    shard condition)."""
     m, default = config.mapping, config.collection.interval
+    shard = Shard(config.shard.index, config.shard.total, pushdown=dialect == "postgresql")
     dropped = set(config.labels.drop)
 
     def kept(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -161,19 +196,27 @@ def build_specs(config: Config) -> Specs:
         labels = kept(REQUIRED_LABELS[key])
         gauges.append(
             GaugeSpec(
-                key, metric, help_text, labels, gauge_sql(entry, labels), entry.interval or default
+                key,
+                metric,
+                help_text,
+                labels,
+                gauge_sql(entry, labels, shard),
+                entry.interval or default,
             )
         )
     msg_labels = kept(("direction", "channel", "sender"))
     return Specs(
         organizations=OrgSpec(
-            "organizations", organizations_sql(m.organizations), m.organizations.interval or default
+            "organizations",
+            organizations_sql(m.organizations, shard),
+            m.organizations.interval or default,
         ),
         gauges=tuple(gauges),
+        shard=shard,
         messages=MessagesSpec(
             "messages",
             msg_labels,
-            messages_sql(m.messages, msg_labels),
+            messages_sql(m.messages, msg_labels, shard),
             m.messages.interval or default,
         ),
     )

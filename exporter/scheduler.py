@@ -48,6 +48,13 @@ class Schedule:
                 id="collect:" + ",".join(keys),
                 next_run_time=now,
             )
+        reconcile = self.collection.settings.reconcile_interval
+        if reconcile is not None:
+            self.scheduler.add_job(
+                self.collection.reconcile,
+                IntervalTrigger(seconds=reconcile),
+                id="reconcile",
+            )
         self.scheduler.start()
 
     def every(self, seconds: float, func: Callable[[], object], name: str) -> None:

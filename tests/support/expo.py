@@ -68,7 +68,7 @@ def in_process(url: str, raw: dict[str, Any] | None = None) -> tuple[Collection,
         connect_timeout=config.database.connect_timeout,
         pool_size=config.database.pool_size,
     )
-    specs = build_specs(config)
+    specs = build_specs(config, db.dialect)
     collection = Collection(
         db, specs, config.collection, Store(), Health([s.key for s in specs.all()])
     )

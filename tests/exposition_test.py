@@ -1,0 +1,86 @@
+"""The pre-rendered exposition: label values of any content survive both formats, as read
+back by prometheus-client's parsers and checked by promtool."""
+
+from __future__ import annotations
+
+import subprocess
+from types import MappingProxyType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.config import load_config
+from exporter.exposition import Renderer, format_value
+from exporter.mapping import build_specs
+from exporter.snapshot import MetricData, Series, Snapshot
+from tests.support.expo import parse
+
+SPECS = build_specs(load_config(None, {}))
+
+# any text but surrogates (not encodable as UTF-8); control characters included
+label_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=300)
+
+
+def snapshot(names: list[str], channels: list[str]) -> Snapshot:
+    orgs = tuple(Series((str(i), n), 1.0) for i, n in enumerate(names))
+    bots = tuple(Series((str(i), ch), float(i + 1)) for i, ch in enumerate(channels))
+    msgs = tuple(
+        Series((str(i), "inbound", ch, "user"), float(10 * i + 7), 1_700_000_000.25 + i)
+        for i, ch in enumerate(channels)
+    )
+    since = tuple(Series((str(i), "inbound"), 1_700_000_000.25 + i) for i in range(len(channels)))
+    data = {
+        "organizations": MetricData("organizations", orgs, 0),
+        "bots": MetricData("bots", bots, 0),
+        "messages": MetricData("messages", msgs, 0),
+        "counting_since": MetricData("counting_since", since, 0),
+    }
+    return Snapshot(MappingProxyType(data), 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(label_text, min_size=1, max_size=5, unique=True),
+    channels=st.lists(label_text, min_size=1, max_size=5, unique=True),
+)
+def test_any_label_value_round_trips_in_both_formats(names: list[str], channels: list[str]) -> None:
+    rendered = Renderer().render(SPECS, snapshot(names, channels))
+    for got in (
+        parse(rendered.text.decode()),
+        parse(rendered.openmetrics.decode() + "# EOF\n", openmetrics=True),
+    ):
+        assert got["convrs_org_info"] == {(str(i), n): 1.0 for i, n in enumerate(names)}
+        assert got["convrs_bots"] == {(str(i), c): float(i + 1) for i, c in enumerate(channels)}
+        assert got["convrs_messages_total"] == {
+            (str(i), "inbound", c, "user"): float(10 * i + 7) for i, c in enumerate(channels)
+        }
+
+
+def test_promtool_accepts_hostile_labels_and_created_matches() -> None:
+    names = ['quote " here', "back\\slash", "new\nline", "Zürich 東京 🚀", "x" * 5000, "\t\r\x01"]
+    rendered = Renderer().render(SPECS, snapshot(names, ["sms", 'we"ird\\\n']))
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=rendered.text, capture_output=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    om = rendered.openmetrics.decode()
+    assert (
+        'convrs_messages_created{org="0",direction="inbound",channel="sms",sender="user"} '
+        "1700000000.25" in om
+    )
+    # the renderer's label cache must not leak one collection's values into the next
+    renderer = Renderer()
+    renderer.render(SPECS, snapshot(["a"], ["sms"]))
+    again = renderer.render(SPECS, snapshot(["b"], ["line"]))
+    assert parse(again.text.decode())["convrs_org_info"] == {("0", "b"): 1.0}
+
+
+def test_value_formatting() -> None:
+    assert [format_value(v) for v in (3.0, 0.5, float("inf"), float("-inf"), 2.0**60)] == [
+        "3",
+        "0.5",
+        "+Inf",
+        "-Inf",
+        "1.152921504606847e+18",
+    ]
+    assert format_value(float("nan")) == "NaN"

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint services dashboard clean
+.PHONY: run test lint services dashboard manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 services:
 	scripts/ensure-services.sh
@@ -31,6 +32,10 @@ services:
 ## Regenerate grafana/dashboards/convrs-organization-metrics.json from its generator.
 dashboard: $(STAMP)
 	$(VENV)/bin/python grafana/build_dashboard.py
+
+## Regenerate the Kubernetes PrometheusRule and dashboard ConfigMap from their sources.
+manifests: $(STAMP)
+	$(VENV)/bin/python deploy/kubernetes/generate.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -16,7 +16,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logsetup
+from . import __version__, demo, logsetup
 from .collection import Collection
 from .config import Config, LogConfig, WebConfig, load_config, validation_error
 from .db import Database, classify, connect, fetch, read_only, redact_url_text
@@ -241,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _seed(db: Database) -> int:
-    from .demo import seed
-
-    summary = seed(db.engine.execution_options(), seed=42)
+    """--demo.seed: idempotent, so a demo stack can run it on every start."""
+    if demo.already_seeded(db.engine):
+        print("convrs-exporter: the database already holds organizations; not seeding")
+        return 0
+    summary = demo.seed(db.engine, seed=42)
     print(f"seeded {summary.organizations} organizations, {summary.messages} messages")
     return 0
 

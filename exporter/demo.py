@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select
 
 from . import schema
 
@@ -30,6 +30,13 @@ DEMO_ORGS: tuple[tuple[str, int], ...] = (
 class SeedSummary:
     organizations: int
     messages: int
+
+
+def already_seeded(engine: Engine) -> bool:
+    if not inspect(engine).has_table("organizations"):
+        return False
+    with engine.connect() as conn:
+        return conn.execute(select(schema.organizations.c.id).limit(1)).first() is not None
 
 
 def create_schema(engine: Engine) -> None:

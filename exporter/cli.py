@@ -1,11 +1,12 @@
-"""Command line: flags, environment, logging, signals, wiring. The only module that
-imports everything; main() reads in a straight line: flags, config, logger,
-database, specs, collection, HTTP, schedule, wait."""
+"""Command line: flags, environment, logging, signals. main() reads in a straight line:
+flags, config, logger, the parts (database, specs, web config: checked), serve, wait.
+The wiring of the parts, and reloading them, is runtime.py's."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -14,19 +15,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, demo, logsetup
-from .collection import Collection
 from .config import Config, LogConfig, WebConfig, load_config, validation_error
-from .db import Database, classify, connect, fetch, read_only, redact_url_text
-from .demo import Trickle, sqlite_demo
-from .errors import ConfigError, QueryError
-from .exposition import Health, ThresholdCollector
-from .http import App, Server, parse_listen_address
-from .mapping import Specs, build_specs
-from .scheduler import Schedule
-from .snapshot import Store
+from .db import connect, redact_url_text
+from .demo import sqlite_demo
+from .errors import ConfigError
+from .http import parse_listen_address
+from .runtime import Runtime, prepare
 from .webconfig import load_web_config
 
 log = logging.getLogger("convrs_exporter")
@@ -59,6 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--web.config.file",
         dest="web_config_file",
         help="exporter-toolkit web configuration file (TLS, basic auth)",
+    )
+    p.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="accept POST /-/reload (SIGHUP always reloads)",
     )
     p.add_argument("--log.level", dest="log_level", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
@@ -122,29 +124,16 @@ def with_flags(config: Config, args: argparse.Namespace) -> Config:
         raise ConfigError(message, source="command line", key=flag) from None
 
 
-def check_mapping(db: Database, specs: Specs) -> None:
-    """Run every query on no rows; if the database answers and a query fails, the mapping is
-    wrong (a missing table or column): a configuration error. An unreachable database is not."""
-    try:
-        with db.engine.connect() as conn:
-            for spec in specs.all():
-                sql = f"SELECT * FROM ({spec.sql}) probe WHERE 1 = 0"
-                with read_only(db, conn):
-                    fetch(db, conn, spec.key, sql, {"after": 0, "settle": 0, "seen": 0})
-    except QueryError as exc:
-        raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
-    except SQLAlchemyError as exc:
-        log.warning(
-            "database not reachable at start; the mapping will be checked by the first collection",
-            extra={"err": classify(db, "database", exc).message},
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ignored: list[str] = []
+
+    def load() -> Config:
+        ignored.clear()
+        return with_flags(load_config(args.config_file, ignored=ignored), args)
+
     try:
-        config = with_flags(load_config(args.config_file, ignored=ignored), args)
+        config = load()
     except ConfigError as exc:
         fail(exc.line())
     try:
@@ -153,109 +142,90 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"web.listen_address: {exc}")
     url = config.database.url.get_secret_value() if config.database.url else None
     _SECRETS.extend([url] if url else [])
-    logsetup.setup(
-        config.log.level, config.log.format, [url] if url else []
-    )  # the whole URL too: it may not parse
+    logsetup.setup(config.log.level, config.log.format, [url] if url else [])
     if ignored:
         log.warning(
             "ignoring environment variables that name no setting",
             extra={"variables": ",".join(ignored)},
         )
-    web = None
-    if config.web.config_file is not None:
+    if config.web.config_file is not None:  # before anything slow: fail fast
         try:
-            web = load_web_config(config.web.config_file)
+            load_web_config(config.web.config_file)
         except ConfigError as exc:
             fail(exc.line())
-    store, writer = Store(), None
+    demo_url, writer = None, None
     if url is None:
         if args.demo_seed:
             fail("database.url: --demo.seed needs a database URL")
         path = args.demo_path or Path(tempfile.mkdtemp(prefix="convrs-demo-")) / "demo.sqlite"
-        url, writer = sqlite_demo(path)
+        demo_url, writer = sqlite_demo(path)
         log.info(
             "no database configured: serving the embedded demo database", extra={"path": str(path)}
         )
     try:
-        db = connect(
-            url,
-            statement_timeout=config.database.statement_timeout,
-            connect_timeout=config.database.connect_timeout,
-            pool_size=config.database.pool_size,
-        )
-        logsetup.add_secret(db.secret)
-        _SECRETS.extend([db.secret] if db.secret else [])
         if args.demo_seed:
-            return _seed(db)
-        specs = build_specs(config, db.dialect)
-        check_mapping(db, specs)
+            assert url is not None
+            return _seed(url, config)
+        parts = prepare(config, demo_url)
     except ConfigError as exc:
         exc.source = exc.source or args.config_file or "configuration"
         fail(redact_url_text(exc.line()))
+    _SECRETS.extend([parts.db.secret] if parts.db.secret else [])
     if args.config_check:
         print(f"convrs-exporter: configuration OK ({args.config_file or 'defaults'})")
+        parts.db.close()
         return 0
 
-    health = Health(
-        [s.key for s in specs.all()],
-        ThresholdCollector(
-            config.thresholds.effective_defaults(),
-            {o: t for o, t in config.thresholds.per_org().items() if specs.shard.owns(o)},
-        ),
-        interval=config.collection.interval,
-    )
-    collection = Collection(db, specs, config.collection, store, health)
-    app = App(
-        store,
-        health,
-        collection.ready,
-        config.web.telemetry_path,
-        authorize=web.authorize if web else None,
-        ssl_context=web.ssl_context if web else None,
-        headers=web.headers if web else {},
-    )
+    runtime = Runtime(load, demo_url, writer, enable_lifecycle=args.enable_lifecycle)
     try:
-        server = Server(listen, app)
+        runtime.start(parts, listen)
     except OSError as exc:
         fail(f"web.listen_address: cannot listen on {config.web.listen_address}: {exc.strerror}")
-    schedule = Schedule(collection)
-    if writer is not None:
-        schedule.every(2.0, Trickle(writer).tick, "demo-trickle")
-    server.serve_in_thread()
-    schedule.start()
     log.info(
         "listening",
         extra={
             "address": config.web.listen_address,
-            "database": db.describe(),
+            "database": parts.db.describe(),
             "version": __version__,
         },
     )
-    _wait_for_stop()
-    log.info("stopping")
-    schedule.stop()
-    server.shutdown()
-    server.server_close()
-    db.close()
+    _serve_until_stopped(runtime)
     return 0
 
 
-def _seed(db: Database) -> int:
+def _serve_until_stopped(runtime: Runtime) -> None:
+    """SIGHUP reloads; SIGTERM and SIGINT stop: the running query is cancelled, connections
+    closed, serving stopped, and the process exits 0 within a few seconds."""
+    stop, hup = threading.Event(), threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    while not stop.wait(0.2):
+        if hup.is_set():
+            hup.clear()
+            runtime.reload()
+    log.info("stopping")
+    if not runtime.stop(grace=3.0):
+        log.warning("a collection was still running; exiting without waiting for it")
+        logging.shutdown()
+        os._exit(0)  # its worker thread would otherwise hold the exit until it ends
+
+
+def _seed(url: str, config: Config) -> int:
     """--demo.seed: idempotent, so a demo stack can run it on every start."""
+    db = connect(
+        url,
+        statement_timeout=config.database.statement_timeout,
+        connect_timeout=config.database.connect_timeout,
+        pool_size=config.database.pool_size,
+    )
+    logsetup.add_secret(db.secret)
     if demo.already_seeded(db.engine):
         print("convrs-exporter: the database already holds organizations; not seeding")
         return 0
     summary = demo.seed(db.engine, seed=42)
     print(f"seeded {summary.organizations} organizations, {summary.messages} messages")
     return 0
-
-
-def _wait_for_stop() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class Collection:
         health: Health,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        ready: threading.Event | None = None,
     ) -> None:
         self.db = db
         self.specs = specs
@@ -53,7 +54,11 @@ class Collection:
         """For ages (staleness, settling), immune to clock steps."""
         self.counter = MessageCounter(specs.messages, settings.settle_after)
         self.renderer = Renderer()
-        self.ready = threading.Event()
+        self.ready = ready or threading.Event()
+        """Set once a collection has fully succeeded; shared across reloads."""
+        self._stopping = False
+        self._active: Any = None
+        """The driver connection of the running collection, for cancel()."""
         self._last: dict[str, MetricData] = {}
         self._ok: dict[str, bool] = {}
         self._failing: dict[str, str] = {}
@@ -78,7 +83,12 @@ class Collection:
         done: set[str] = set()
         try:
             with self.db.engine.connect() as conn:
+                self._active = conn.connection.driver_connection
                 for spec in specs:
+                    if self._stopping:
+                        errors[spec.key] = QueryError(spec.key, "cancelled: stopping")
+                        done.add(spec.key)
+                        continue
                     began = time.perf_counter()
                     try:
                         self._last[spec.key] = self._collect(conn, spec)
@@ -93,7 +103,31 @@ class Collection:
             for spec in specs:
                 if spec.key not in done:
                     errors[spec.key] = QueryError(spec.key, failure.message)
+        finally:
+            self._active = None
         return errors
+
+    def cancel(self) -> None:
+        """On shutdown: skip the queries not yet run and cancel the one running (psycopg
+        sends PostgreSQL a cancel request; SQLite is interrupted). Safe from any thread."""
+        self._stopping = True
+        active = self._active
+        if active is None:
+            return
+        try:
+            if hasattr(active, "cancel"):
+                active.cancel()
+            elif hasattr(active, "interrupt"):
+                active.interrupt()
+        except Exception as exc:  # best effort: the statement timeout ends it anyway
+            log.debug("could not cancel the running query", extra={"err": str(exc)})
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until no collection runs (True), or give up after ``timeout`` seconds."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+            return True
+        return False
 
     def _collect(self, conn: Connection, spec: Spec) -> MetricData:
         now = self.monotonic()

@@ -202,6 +202,9 @@ class ThresholdCollector:
         self.defaults = defaults
         self.per_org = per_org
 
+    def update(self, defaults: dict[str, float], per_org: dict[str, dict[str, float]]) -> None:
+        self.defaults, self.per_org = defaults, per_org  # each swapped whole: readers see one
+
     def collect(self) -> Iterator[Metric]:
         default = GaugeMetricFamily(
             "convrs_alert_threshold_default",
@@ -229,18 +232,18 @@ class Health:
         self,
         query_names: list[str],
         thresholds: ThresholdCollector | None = None,
-        interval: float | None = None,
+        interval: float = 0.0,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        if thresholds is not None:
-            r.register(thresholds)
-        if interval is not None:
-            Gauge(
-                "convrs_exporter_collection_interval_seconds",
-                "The configured collection interval (the rules' staleness alert uses it).",
-                registry=r,
-            ).set(interval)
+        self.thresholds = thresholds or ThresholdCollector({}, {})
+        r.register(self.thresholds)
+        self.interval = Gauge(
+            "convrs_exporter_collection_interval_seconds",
+            "The configured collection interval (the rules' staleness alert uses it).",
+            registry=r,
+        )
+        self.interval.set(interval)
         for default in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(default)
         self.up = Gauge("convrs_up", "1 if the latest collection succeeded, else 0.", registry=r)

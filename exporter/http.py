@@ -41,6 +41,10 @@ class App:
     ssl_context: ssl.SSLContext | None = None
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (web config http_server_config.headers)."""
+    open_paths: frozenset[str] = frozenset()
+    """Paths served without authentication (web config unauthenticated_paths)."""
+    reload: Callable[[], tuple[bool, str]] | None = None
+    """POST /-/reload, when --web.enable-lifecycle is given."""
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -91,17 +95,46 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._dispatch(head=True)
 
+    def do_POST(self) -> None:
+        app = self.server.app
+        path = self.path.split("?", 1)[0]
+        if self._refused(app, path):
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if 0 < length <= 65536:
+            self.rfile.read(length)
+        if path != "/-/reload" or app.reload is None:
+            allow = "POST" if path == "/-/reload" else "GET, HEAD"
+            self._send(
+                405 if path == "/-/reload" else 404,
+                b"Not allowed\n",
+                "text/plain; charset=utf-8",
+                False,
+                {"Allow": allow},
+            )
+            return
+        ok, message = app.reload()
+        self._send(200 if ok else 500, message.encode() + b"\n", "text/plain; charset=utf-8", False)
+
+    def _refused(self, app: App, path: str) -> bool:
+        """401 unless the request carries valid credentials (when auth is configured)."""
+        if app.authorize is None or path in app.open_paths:
+            return False
+        if app.authorize(self.headers.get("Authorization")):
+            return False
+        self._send(
+            401,
+            b"Unauthorized\n",
+            "text/plain; charset=utf-8",
+            self.command == "HEAD",
+            {"WWW-Authenticate": 'Basic realm="convrs-exporter"'},
+        )
+        return True
+
     def _dispatch(self, head: bool) -> None:
         app = self.server.app
         path = self.path.split("?", 1)[0]
-        if app.authorize is not None and not app.authorize(self.headers.get("Authorization")):
-            self._send(
-                401,
-                b"Unauthorized\n",
-                "text/plain; charset=utf-8",
-                head,
-                {"WWW-Authenticate": 'Basic realm="convrs-exporter"'},
-            )
+        if self._refused(app, path):
             return
         if path == app.telemetry_path:
             self._metrics(head)

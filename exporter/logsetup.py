@@ -22,7 +22,7 @@ class _Formatter(logging.Formatter):
     def __init__(self, fmt: str, secrets: list[str]) -> None:
         super().__init__()
         self.fmt = fmt
-        self.secrets = [s for s in secrets if s]
+        self.secrets = secrets  # shared, so secrets added later are scrubbed too
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
@@ -53,9 +53,15 @@ def _logfmt(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+_SECRETS: list[str] = []
+"""Every secret seen so far: kept across setup() calls (a reload), scrubbed from every line."""
+
+
 def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:
+    for secret in secrets or []:
+        add_secret(secret)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(fmt, secrets or []))
+    handler.setFormatter(_Formatter(fmt, _SECRETS))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
@@ -63,8 +69,11 @@ def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:
 
 def add_secret(secret: str | None) -> None:
     """Scrub this value too (a password learned after logging was set up)."""
-    if not secret:
-        return
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, _Formatter):
-            handler.formatter.secrets.append(secret)
+    if secret and secret not in _SECRETS:
+        _SECRETS.append(secret)
+
+
+def scrub(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text

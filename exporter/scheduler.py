@@ -67,5 +67,7 @@ class Schedule:
             next_run_time=dt.datetime.now(dt.UTC),
         )
 
-    def stop(self) -> None:
-        self.scheduler.shutdown(wait=False)
+    def stop(self, wait: bool = False) -> None:
+        """Stop scheduling; with ``wait``, also wait for a running collection to end."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)

@@ -69,6 +69,8 @@ class WebFile(_Model):
     tls_server_config: TlsServerConfig | None = None
     http_server_config: HttpServerConfig = HttpServerConfig()
     basic_auth_users: dict[str, str] = Field(default_factory=dict)
+    unauthenticated_paths: list[Literal["/healthz", "/readyz", "/"]] = []
+    """convrs-exporter's extension: probes that stay open under basic auth (never /metrics)."""
 
 
 class BasicAuth:
@@ -111,6 +113,7 @@ class WebSettings:
         self.ssl_context = ssl_context
         self.authorize = BasicAuth(source.basic_auth_users) if source.basic_auth_users else None
         self.headers = dict(source.http_server_config.headers)
+        self.open_paths = frozenset(source.unauthenticated_paths)
 
 
 def load_web_config(path: Path) -> WebSettings:

@@ -1,0 +1,209 @@
+"""The running exporter: one configuration wired into parts, swapped whole on reload.
+
+A reload (SIGHUP, or POST /-/reload with --web.enable-lifecycle) re-reads the
+configuration and the web configuration file and checks the mapping against the
+database before touching anything; a bad one is logged and refused, and the old
+parts keep running. The message counter's state is carried over when the messages
+query, the database and the shard are unchanged, so a reload does not reset
+convrs_messages_total. The listen address needs a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import logsetup
+from .collection import Collection
+from .config import Config
+from .db import Database, classify, connect, fetch, read_only
+from .demo import Trickle
+from .errors import ConfigError, QueryError
+from .exposition import Health, ThresholdCollector
+from .http import App, Server
+from .mapping import Specs, build_specs
+from .scheduler import Schedule
+from .snapshot import Store
+from .webconfig import WebSettings, load_web_config
+
+log = logging.getLogger("convrs_exporter")
+
+
+def check_mapping(db: Database, specs: Specs) -> None:
+    """Run every query on no rows; if the database answers and a query fails, the mapping is
+    wrong (a missing table or column): a configuration error. An unreachable database is not."""
+    try:
+        with db.engine.connect() as conn:
+            for spec in specs.all():
+                sql = f"SELECT * FROM ({spec.sql}) probe WHERE 1 = 0"
+                with read_only(db, conn):
+                    fetch(db, conn, spec.key, sql, {"after": 0, "settle": 0, "seen": 0})
+    except QueryError as exc:
+        raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
+    except SQLAlchemyError as exc:
+        log.warning(
+            "database not reachable; the mapping will be checked by the first collection",
+            extra={"err": classify(db, "database", exc).message},
+        )
+
+
+@dataclass
+class Parts:
+    config: Config
+    db: Database
+    specs: Specs
+    web: WebSettings | None
+
+
+def prepare(config: Config, demo_url: str | None, reuse: Parts | None = None) -> Parts:
+    """Everything a configuration needs that can fail, checked; nothing started yet.
+
+    Raises ConfigError. Reuses the running database engine when its settings are the same.
+    """
+    web = load_web_config(config.web.config_file) if config.web.config_file else None
+    url = config.database.url.get_secret_value() if config.database.url else demo_url
+    if url is None:
+        raise ConfigError("no database URL", key="database.url")
+    if reuse is not None and reuse.config.database == config.database:
+        db = reuse.db
+    else:
+        db = connect(
+            url,
+            statement_timeout=config.database.statement_timeout,
+            connect_timeout=config.database.connect_timeout,
+            pool_size=config.database.pool_size,
+        )
+        logsetup.add_secret(db.secret)
+    specs = build_specs(config, db.dialect)
+    try:
+        check_mapping(db, specs)
+    except ConfigError:
+        if reuse is None or db is not reuse.db:
+            db.close()
+        raise
+    return Parts(config, db, specs, web)
+
+
+class Runtime:
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        demo_url: str | None,
+        demo_writer: Engine | None,
+        enable_lifecycle: bool = False,
+    ) -> None:
+        self._load = load
+        self._demo_url = demo_url
+        self._demo_writer = demo_writer
+        self._lifecycle = enable_lifecycle
+        self._lock = threading.Lock()
+        self.store = Store()
+        self.ready = threading.Event()
+        self.health: Health | None = None
+        self.parts: Parts | None = None
+        self.collection: Collection | None = None
+        self.schedule: Schedule | None = None
+        self.server: Server | None = None
+
+    def start(self, parts: Parts, listen: tuple[str, int]) -> None:
+        """Serve and schedule; raises OSError if the address cannot be bound."""
+        cfg = parts.config
+        self.health = Health(
+            [s.key for s in parts.specs.all()],
+            ThresholdCollector({}, {}),
+            interval=cfg.collection.interval,
+        )
+        self.server = Server(listen, self._app(parts))
+        self._install(parts, counter_from=None)
+        self.server.serve_in_thread()
+
+    def _app(self, parts: Parts) -> App:
+        assert self.health is not None
+        web = parts.web
+        return App(
+            self.store,
+            self.health,
+            self.ready,
+            parts.config.web.telemetry_path,
+            authorize=web.authorize if web else None,
+            ssl_context=web.ssl_context if web else None,
+            headers=web.headers if web else {},
+            open_paths=web.open_paths if web else frozenset(),
+            reload=self.reload if self._lifecycle else None,
+        )
+
+    def _install(self, parts: Parts, counter_from: Collection | None) -> None:
+        assert self.health is not None
+        cfg, specs = parts.config, parts.specs
+        self.health.thresholds.update(
+            cfg.thresholds.effective_defaults(),
+            {o: t for o, t in cfg.thresholds.per_org().items() if specs.shard.owns(o)},
+        )
+        self.health.interval.set(cfg.collection.interval)
+        collection = Collection(
+            parts.db, specs, cfg.collection, self.store, self.health, ready=self.ready
+        )
+        if counter_from is not None:
+            collection.counter = counter_from.counter
+            collection.counter.spec = specs.messages
+            collection.counter.settle_after = cfg.collection.settle_after
+        schedule = Schedule(collection)
+        if self._demo_writer is not None:
+            schedule.every(2.0, Trickle(self._demo_writer).tick, "demo-trickle")
+        self.parts, self.collection, self.schedule = parts, collection, schedule
+        schedule.start()
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the configuration; swap it in if it is good. Safe from any thread."""
+        with self._lock:
+            old = self.parts
+            assert old is not None and self.collection is not None
+            try:
+                config = self._load()
+                new = prepare(config, self._demo_url, reuse=old)
+            except ConfigError as exc:
+                line = logsetup.scrub(exc.line())
+                log.error("reload refused; the running configuration stays", extra={"err": line})
+                return False, f"reload refused: {line}"
+            if config.web.listen_address != old.config.web.listen_address:
+                log.warning("web.listen_address changes only with a restart")
+            keep = (
+                new.specs.messages.sql == old.specs.messages.sql
+                and new.specs.messages.labels == old.specs.messages.labels
+                and new.db is old.db
+                and new.specs.shard == old.specs.shard
+            )
+            previous, schedule = self.collection, self.schedule
+            assert schedule is not None
+            schedule.stop(wait=True)  # a running collection finishes first
+            logsetup.setup(config.log.level, config.log.format)
+            self._install(new, counter_from=previous if keep else None)
+            assert self.server is not None
+            self.server.app = self._app(new)
+            if new.db is not old.db:
+                old.db.close()
+            log.info(
+                "configuration reloaded", extra={"message_counts": "kept" if keep else "recounted"}
+            )
+            return True, "reloaded"
+
+    def stop(self, grace: float = 3.0) -> bool:
+        """Cancel the running collection, stop scheduling and serving, close the database.
+        Returns False if a collection was still running after ``grace`` seconds."""
+        with self._lock:
+            if self.collection is not None:
+                self.collection.cancel()
+            if self.schedule is not None:
+                self.schedule.stop(wait=False)
+            idle = self.collection.idle(grace) if self.collection is not None else True
+            if self.server is not None:
+                self.server.shutdown()
+                self.server.server_close()
+            if self.parts is not None:
+                self.parts.db.close()
+            return idle

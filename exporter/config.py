@@ -318,19 +318,27 @@ _Loader.add_constructor("!file", _file_tag)
 
 
 def _load_yaml(text: str, source: str, environ: AbcMapping[str, str] | None = None) -> Any:
-    loader = _Loader(text)
-    if environ is not None:
-        loader.environ = environ
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # the reader rejects some characters already here
+        if environ is not None:
+            loader.environ = environ
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
         raise ConfigError(f"{exc.problem or exc.context}", source=source, key=where) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(
+            f"character {exc.character!r} at position {exc.position} is not allowed in YAML",
+            source=source,
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", source=source) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"invalid YAML: {first}", source=source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def reference_mapping() -> dict[str, Any]:
@@ -430,7 +438,10 @@ def load_config(
             raise ConfigError("the file must hold a mapping of settings", source=source)
     origins: dict[tuple[str, str], str] = {}
     data = _merge(data, _env_overrides(environ, origins, [] if ignored is None else ignored))
-    data["mapping"] = {**reference_mapping(), **(data.get("mapping") or {})}
+    mapping = data.get("mapping") or {}
+    if not isinstance(mapping, dict):
+        raise ConfigError("must be a mapping from metric to its SQL", source=source, key="mapping")
+    data["mapping"] = {**reference_mapping(), **mapping}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
@@ -98,7 +100,26 @@ def connect(
         ) from None
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_read_only)
+    if backend == "postgresql":
+        # first_connect runs SQLAlchemy's own set-up queries (server version) through it too
+        event.listen(engine, "first_connect", _lenient_text, insert=True)
+        event.listen(engine, "connect", _lenient_text, insert=True)
     return Database(engine, statement_timeout, url.password)
+
+
+class _LenientText(Loader):
+    """Text from a SQL_ASCII database is whatever bytes were stored: decode them as UTF-8,
+    replacing what is not, so that a bad name is a label with U+FFFD, not a failed query."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("utf-8", errors="replace")
+
+
+def _lenient_text(dbapi_conn: Any, _record: object) -> None:
+    if dbapi_conn.info.parameter_status("server_encoding") != "SQL_ASCII":
+        return  # the server guarantees valid text in its encoding; keep psycopg's fast loader
+    for name in ("text", "varchar", "bpchar", "name"):
+        dbapi_conn.adapters.register_loader(name, _LenientText)
 
 
 def _sqlite_read_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:

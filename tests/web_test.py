@@ -178,3 +178,89 @@ def test_example_web_config_hash_is_real() -> None:
     assert auth(basic("prometheus", "change me")["Authorization"])
     assert not auth(basic("prometheus", "change me!")["Authorization"])
     assert not auth("Basic !!!") and not auth(None) and not auth("Bearer x")
+
+
+def test_mutual_tls_and_open_probe_paths(seeded: Engine, tmp: Path) -> None:
+    ca, cert, key = make_certs(tmp)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=scraper",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "client.crt",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp,
+    )
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    web = tmp / "web.yml"
+    web.write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {
+                    "cert_file": cert.name,
+                    "key_file": key.name,
+                    "client_auth_type": "RequireAndVerifyClientCert",
+                    "client_ca_file": ca.name,
+                    "min_version": "TLS13",
+                },
+                "basic_auth_users": {"prometheus": hashed},
+                "unauthenticated_paths": ["/healthz"],
+            }
+        )
+    )
+    url = seeded.url.render_as_string(hide_password=False)
+    exp = Exporter(
+        tmp,
+        {"collection": {"interval": "1s"}, "database": {"statement_timeout": "500ms"}},
+        env={"CONVRS_EXPORTER_DATABASE_URL": url},
+        args=["--web.config.file", str(web)],
+    )
+    exp.scheme = "https"
+    exp.context = ssl.create_default_context(cafile=str(ca))
+    exp.context.load_cert_chain(tmp / "client.crt", tmp / "client.key")
+    exp.headers = basic("prometheus", PASSWORD)
+    exp.start()
+    try:
+        assert parse(exp.metrics())["convrs_flows"] == pg.reference_counts(seeded)["convrs_flows"]
+        assert http_get(exp.url + "/healthz", context=exp.context)[0] == 200  # open path
+        assert http_get(exp.url + "/metrics", context=exp.context)[0] == 401  # not open
+        no_cert = ssl.create_default_context(cafile=str(ca))
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            http_get(exp.url + "/healthz", context=no_cert, timeout=5)
+        tls12 = ssl.create_default_context(cafile=str(ca))
+        tls12.load_cert_chain(tmp / "client.crt", tmp / "client.key")
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            http_get(exp.url + "/healthz", context=tls12, timeout=5)  # below min_version
+    finally:
+        assert exp.stop() == 0, exp.log()

@@ -8,6 +8,8 @@ they are withheld so that Prometheus marks them stale.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -76,6 +78,7 @@ class Collection:
             elapsed = time.perf_counter() - started
             self._report(specs, errors, elapsed)
             self.store.publish(self.snapshot())
+            _trim_heap()
             return not errors
 
     def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
@@ -290,3 +293,22 @@ def _zero_fill(data: MetricData, spec: GaugeSpec, org_ids: list[str]) -> MetricD
     return MetricData(
         data.key, tuple(sorted(data.series + extra, key=lambda s: s.labels)), data.collected_at
     )
+
+
+def _libc_trim() -> Callable[[int], object] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], object] = libc.malloc_trim
+        return trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def _trim_heap() -> None:
+    """Hand the rendering's freed memory back to the system (glibc keeps it otherwise),
+    so resident memory reflects what the exporter holds, not its peak."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

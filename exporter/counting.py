@@ -18,6 +18,7 @@ whole table, so the totals are rebuilt from what is there (a counter reset).
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,13 +57,16 @@ def label_value(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+        text = bytes(value).decode("utf-8", errors="replace")
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    else:
+        text = str(value)
+    # interned: the same few org ids and channel names repeat across thousands of series
+    return sys.intern(text)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     total: int = 0
     """Exported: only ever grows."""
@@ -101,6 +105,9 @@ class MessageCounter:
     """Counting-since per (org, direction): oldest message at first sight; never moves."""
     collections: int = 0
     _seen: deque[_Seen] = field(default_factory=deque)
+    _tailed: set[SeriesKey] = field(default_factory=set)
+    """Series with rows above the watermark: the only ones besides those in a query's rows
+    whose state can change, so a collection touches what moved, not every series."""
 
     @property
     def ready(self) -> bool:
@@ -153,13 +160,20 @@ class MessageCounter:
             od = (key[0], key[1])
             if first is not None and (od not in firsts or first < firsts[od]):
                 firsts[od] = first
-        for key in set(counted) | set(self.series):
-            state = self.series.setdefault(key, _Series())
+        tailed = self._tailed
+        for key in set(counted) | tailed:
+            state = self.series.get(key)
+            if state is None:
+                state = self.series[key] = _Series()
             n, n_settling, n_fresh = counted.get(key, (0, 0, 0))
             late = (n - n_fresh) - state.tail  # < 0: deleted; > 0: committed late
             state.total += n_fresh + max(0, late)
             state.settled += n_settling
             state.tail = n - n_settling
+            if state.tail:
+                tailed.add(key)
+            else:
+                tailed.discard(key)
         for od, first in firsts.items():
             self.since.setdefault(od, first)
         self.watermark = params["settle"]

@@ -159,15 +159,33 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         rendered = app.store.current.rendered
         om = wants_openmetrics(self.headers.get("Accept"))
+        data = rendered.openmetrics_gzip if om else rendered.text_gzip
         own = app.health.render(om)
-        gz = accepts(self.headers.get("Accept-Encoding"), "gzip")
-        if gz:  # the data part was compressed once; only our own lines are compressed now
-            body = (rendered.openmetrics_gzip if om else rendered.text_gzip).finish(own)
-        else:
-            body = (rendered.openmetrics if om else rendered.text) + own
-        headers = {"Content-Encoding": "gzip"} if gz else {}
-        headers["Vary"] = "Accept, Accept-Encoding"
-        self._send(200, body, OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE, head, headers)
+        content_type = OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if accepts(self.headers.get("Accept-Encoding"), "gzip"):
+            # the data part was compressed once; only our own lines are compressed now
+            headers["Content-Encoding"] = "gzip"
+            self._send(200, data.finish(own), content_type, head, headers)
+            return
+        # no gzip (curl, a person): stream the data part out of its compressed form
+        self._start(200, content_type, data.length + len(own), headers)
+        if head:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for chunk in data.chunks():
+                self.wfile.write(chunk)
+            self.wfile.write(own)
+
+    def _start(
+        self, code: int, content_type: str, length: int, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        for name, value in {**self.server.app.headers, **(headers or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
 
     def _send(
         self,
@@ -177,12 +195,7 @@ class Handler(BaseHTTPRequestHandler):
         head: bool,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**self.server.app.headers, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
+        self._start(code, content_type, len(body), headers)
         if not head:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(body)

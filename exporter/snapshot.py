@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Series:
     labels: tuple[str, ...]
     value: float
@@ -30,32 +30,70 @@ class MetricData:
     """Monotonic time of the read (for staleness)."""
 
 
-@dataclass(frozen=True)
-class Rendered:
-    """The data part of /metrics, rendered once per collection, in each encoding."""
-
-    text: bytes = b""
-    openmetrics: bytes = b""
-    """Without the closing ``# EOF``: the exporter's own metrics follow it."""
-    text_gzip: GzipPrefix = field(default_factory=lambda: GzipPrefix(b""))
-    openmetrics_gzip: GzipPrefix = field(default_factory=lambda: GzipPrefix(b""))
-
-
 class GzipPrefix:
-    """The data part compressed once, as the open start of a gzip stream.
+    """One encoding of the data part, kept only compressed: the open start of a gzip stream.
 
-    ``finish(tail)`` appends the per-scrape tail and closes the stream by copying the
-    compressor's saved state, so a scrape compresses only its few own lines and the
-    client still gets one ordinary gzip stream (curl reads only the first of several).
+    Written once per collection, a chunk at a time (the whole uncompressed text is never
+    held). ``finish(tail)`` appends a scrape's own lines and closes the stream by copying
+    the compressor's saved state, so a scrape compresses only those few lines and the
+    client gets one ordinary gzip stream (curl reads only the first of several members).
+    ``chunks()`` streams it back uncompressed for clients that do not accept gzip.
     """
 
-    def __init__(self, data: bytes, level: int = 1) -> None:
+    def __init__(self, level: int = 1) -> None:
         self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip wrapper
-        self.prefix = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        self._parts: list[bytes] = []
+        self.length = 0
+        """Uncompressed bytes written."""
+        self.prefix = b""
+
+    @classmethod
+    def of(cls, data: bytes) -> GzipPrefix:
+        out = cls()
+        out.write(data)
+        out.seal()
+        return out
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.length += len(data)
+        if out := self._compressor.compress(data):
+            self._parts.append(out)
+
+    def seal(self) -> None:
+        self._parts.append(self._compressor.flush(zlib.Z_SYNC_FLUSH))
+        self.prefix = b"".join(self._parts)
+        self._parts = []
 
     def finish(self, tail: bytes) -> bytes:
         c = self._compressor.copy()
         return self.prefix + c.compress(tail) + c.flush()
+
+    def chunks(self, size: int = 1 << 18) -> Iterator[bytes]:
+        d = zlib.decompressobj(31)
+        view = memoryview(self.prefix)
+        for start in range(0, len(view), size):
+            if out := d.decompress(view[start : start + size]):
+                yield out
+
+    def decompressed(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The data part of /metrics, rendered once per collection, in each encoding."""
+
+    text_gzip: GzipPrefix = field(default_factory=lambda: GzipPrefix.of(b""))
+    openmetrics_gzip: GzipPrefix = field(default_factory=lambda: GzipPrefix.of(b""))
+    """Without the closing ``# EOF``: the exporter's own metrics follow it."""
+
+    @property
+    def text(self) -> bytes:
+        return self.text_gzip.decompressed()
+
+    @property
+    def openmetrics(self) -> bytes:
+        return self.openmetrics_gzip.decompressed()
 
 
 @dataclass(frozen=True)

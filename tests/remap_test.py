@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from tests.support.expo import assert_counts, in_process, served
@@ -88,7 +88,7 @@ def test_remapped_schema_exports_the_right_numbers(pg_engine: Engine) -> None:
             },
         },
     )
-    body = collection.store.current.rendered.text.decode()
+    body = collection.store.current.rendered.openmetrics.decode() + "# EOF\n"
     created = [
         (sample.labels["direction"], sample.value)
         for family in text_string_to_metric_families(body)

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 
 from . import __version__, demo, logsetup
 from .config import Config, LogConfig, WebConfig, load_config, validation_error
-from .db import connect, redact_url_text
+from .db import redact_url_text
 from .demo import sqlite_demo
 from .errors import ConfigError
 from .http import parse_listen_address
-from .runtime import Runtime, prepare
+from .runtime import Runtime, open_database, prepare
 from .webconfig import load_web_config
 
 log = logging.getLogger("convrs_exporter")
@@ -213,13 +213,7 @@ def _serve_until_stopped(runtime: Runtime) -> None:
 
 def _seed(url: str, config: Config) -> int:
     """--demo.seed: idempotent, so a demo stack can run it on every start."""
-    db = connect(
-        url,
-        statement_timeout=config.database.statement_timeout,
-        connect_timeout=config.database.connect_timeout,
-        pool_size=config.database.pool_size,
-    )
-    logsetup.add_secret(db.secret)
+    db = open_database(url, config)
     if demo.already_seeded(db.engine):
         print("convrs-exporter: the database already holds organizations; not seeding")
         return 0

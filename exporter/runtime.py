@@ -52,6 +52,18 @@ def check_mapping(db: Database, specs: Specs) -> None:
         )
 
 
+def open_database(url: str, config: Config) -> Database:
+    """An engine with the configured limits; its password joins the scrubbed secrets."""
+    db = connect(
+        url,
+        statement_timeout=config.database.statement_timeout,
+        connect_timeout=config.database.connect_timeout,
+        pool_size=config.database.pool_size,
+    )
+    logsetup.add_secret(db.secret)
+    return db
+
+
 @dataclass
 class Parts:
     config: Config
@@ -72,13 +84,7 @@ def prepare(config: Config, demo_url: str | None, reuse: Parts | None = None) ->
     if reuse is not None and reuse.config.database == config.database:
         db = reuse.db
     else:
-        db = connect(
-            url,
-            statement_timeout=config.database.statement_timeout,
-            connect_timeout=config.database.connect_timeout,
-            pool_size=config.database.pool_size,
-        )
-        logsetup.add_secret(db.secret)
+        db = open_database(url, config)
     specs = build_specs(config, db.dialect)
     try:
         check_mapping(db, specs)

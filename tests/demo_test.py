@@ -45,3 +45,32 @@ def test_demo_database_serves_real_moving_numbers(tmp: Path) -> None:
         assert sum(parse(exp.metrics())["convrs_messages_total"].values()) <= rows
     finally:
         assert exp.stop() == 0, exp.log()
+
+
+def test_demo_seed_command_is_idempotent(pg_url: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import pg
+
+    env = {"PATH": "/usr/bin:/bin", "CONVRS_EXPORTER_DATABASE_URL": pg_url}
+    first = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "--demo.seed"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert first.returncode == 0 and "seeded 6 organizations, 19130 messages" in first.stdout
+    engine = pg.engine(pg_url)
+    counts = pg.reference_counts(engine)
+    second = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "--demo.seed"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert second.returncode == 0 and "not seeding" in second.stdout
+    assert pg.reference_counts(engine) == counts
+    engine.dispose()

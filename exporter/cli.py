@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from . import __version__, demo, logsetup
+from . import __version__, demo, logsetup, memory
 from .config import Config, LogConfig, WebConfig, load_config, validation_error
 from .db import redact_url_text
 from .demo import sqlite_demo
@@ -126,6 +126,7 @@ def with_flags(config: Config, args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    memory.limit_arenas()
     ignored: list[str] = []
 
     def load() -> Config:

@@ -8,8 +8,6 @@ they are withheld so that Prometheus marks them stale.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -26,6 +24,7 @@ from .db import Database, classify, fetch, pg_fence, pg_probe, read_only
 from .errors import QueryError
 from .exposition import Health, Renderer
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
+from .memory import trim_heap
 from .snapshot import MetricData, Series, Snapshot, Store
 
 log = logging.getLogger("convrs_exporter.collection")
@@ -78,7 +77,9 @@ class Collection:
             elapsed = time.perf_counter() - started
             self._report(specs, errors, elapsed)
             self.store.publish(self.snapshot())
-            _trim_heap()
+            if self._all_ok() and self.counter.ready:
+                self.ready.set()  # after the publish: ready means the data is there
+            trim_heap()
             return not errors
 
     def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
@@ -201,12 +202,13 @@ class Collection:
         self._log_transitions(specs, errors)
         h.duration.observe(elapsed)
         h.collections.labels("error" if errors else "success").inc()
-        all_ok = all(self._ok.get(s.key, False) for s in self.specs.all())
+        all_ok = self._all_ok()
         h.up.set(1 if all_ok else 0)
         if not errors:
             h.last_success.set(self.clock())
-        if all_ok and self.counter.ready:
-            self.ready.set()
+
+    def _all_ok(self) -> bool:
+        return all(self._ok.get(s.key, False) for s in self.specs.all())
 
     def _log_transitions(self, specs: Sequence[Spec], errors: dict[str, QueryError]) -> None:
         """Log a failure once when it starts (or its message changes), and the recovery."""
@@ -256,12 +258,15 @@ class Collection:
 
     def _message_data(self, at: float, overrides: dict[str, float]) -> dict[str, MetricData]:
         since = {od: overrides.get(od[0], ts) for od, ts in self.counter.since.items()}
+        # in the counter's order (first seen), not sorted: sorting 200,000 keys held the GIL
+        # for long enough to delay scrapes; the exposition formats do not ask for an order
         totals = tuple(
-            Series(key, float(total), since.get((key[0], key[1])))
-            for key, total in sorted(self.counter.totals().items())
+            Series(key, float(state.total), since.get((key[0], key[1])))
+            for key, state in self.counter.series.items()
+            if state.total
         )
         seen = {(s.labels[0], s.labels[1]) for s in totals}
-        counting = tuple(Series(od, ts) for od, ts in sorted(since.items()) if od in seen)
+        counting = tuple(Series(od, ts) for od, ts in since.items() if od in seen)
         return {
             "messages": MetricData("messages", totals, at),
             "counting_since": MetricData("counting_since", counting, at),
@@ -293,22 +298,3 @@ def _zero_fill(data: MetricData, spec: GaugeSpec, org_ids: list[str]) -> MetricD
     return MetricData(
         data.key, tuple(sorted(data.series + extra, key=lambda s: s.labels)), data.collected_at
     )
-
-
-def _libc_trim() -> Callable[[int], object] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], object] = libc.malloc_trim
-        return trim
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-
-
-def _trim_heap() -> None:
-    """Hand the rendering's freed memory back to the system (glibc keeps it otherwise),
-    so resident memory reflects what the exporter holds, not its peak."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)

@@ -166,7 +166,12 @@ class Handler(BaseHTTPRequestHandler):
         if accepts(self.headers.get("Accept-Encoding"), "gzip"):
             # the data part was compressed once; only our own lines are compressed now
             headers["Content-Encoding"] = "gzip"
-            self._send(200, data.finish(own), content_type, head, headers)
+            closing = data.closing(own)  # the prefix is sent as it is: no per-scrape copy
+            self._start(200, content_type, len(data.prefix) + len(closing), headers)
+            if not head:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data.prefix)
+                    self.wfile.write(closing)
             return
         # no gzip (curl, a person): stream the data part out of its compressed form
         self._start(200, content_type, data.length + len(own), headers)

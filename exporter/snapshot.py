@@ -65,8 +65,13 @@ class GzipPrefix:
         self._parts = []
 
     def finish(self, tail: bytes) -> bytes:
+        """The whole stream, ``tail`` appended (a copy of the prefix: for tests and tools)."""
+        return self.prefix + self.closing(tail)
+
+    def closing(self, tail: bytes) -> bytes:
+        """What follows ``prefix`` to append ``tail`` and close the stream."""
         c = self._compressor.copy()
-        return self.prefix + c.compress(tail) + c.flush()
+        return c.compress(tail) + c.flush()
 
     def chunks(self, size: int = 1 << 18) -> Iterator[bytes]:
         d = zlib.decompressobj(31)

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint services dashboard manifests clean
+.PHONY: run test lint services bench dashboard manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ services:
 ## Regenerate grafana/dashboards/convrs-organization-metrics.json from its generator.
 dashboard: $(STAMP)
 	$(VENV)/bin/python grafana/build_dashboard.py
+
+## The benchmark against query-exporter (about 8 minutes; prints one table).
+bench: $(STAMP) services
+	$(VENV)/bin/python bench/run.py
 
 ## Regenerate the Kubernetes PrometheusRule and dashboard ConfigMap from their sources.
 manifests: $(STAMP)

@@ -54,6 +54,8 @@ def to_unix(value: Any) -> float | None:
 
 def label_value(value: Any) -> str:
     """Any database value as a label value: ints plainly, bytes decoded leniently."""
+    if type(value) is str:  # the common case, first
+        return sys.intern(value)
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -145,19 +147,25 @@ class MessageCounter:
         counted: dict[SeriesKey, tuple[int, int, int]] = {}
         highest = self.highest
         firsts: dict[tuple[str, str], float] = {}
+        since = self.since
         for row in rows:
-            key = tuple(label_value(v) for v in row[:width])
+            key = tuple(map(label_value, row[:width]))
             n, n_settling, n_fresh, first_ts, row_max = row[width : width + 5]
-            prev = counted.get(key, (0, 0, 0))  # label values that differ only in type merge
-            counted[key] = (
-                prev[0] + int(n),
-                prev[1] + int(n_settling or 0),
-                prev[2] + int(n_fresh or 0),
-            )
-            if row_max is not None:
-                highest = max(highest, int(row_max))
-            first = to_unix(first_ts)
+            prev = counted.get(key)  # label values that differ only in type merge
+            if prev is None:
+                counted[key] = (int(n), int(n_settling or 0), int(n_fresh or 0))
+            else:
+                counted[key] = (
+                    prev[0] + int(n),
+                    prev[1] + int(n_settling or 0),
+                    prev[2] + int(n_fresh or 0),
+                )
+            if row_max is not None and row_max > highest:
+                highest = int(row_max)
             od = (key[0], key[1])
+            if od in since:  # counting-since is taken once: no need to read the time again
+                continue
+            first = to_unix(first_ts)
             if first is not None and (od not in firsts or first < firsts[od]):
                 firsts[od] = first
         tailed = self._tailed

@@ -82,13 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-_SECRETS: list[str] = []
-
-
 def fail(message: str) -> NoReturn:
-    for secret in _SECRETS:
-        message = message.replace(secret, "***")
-    print(f"convrs-exporter: error: {message}", file=sys.stderr)
+    """The one line for a configuration that cannot run; known secrets scrubbed."""
+    print(f"convrs-exporter: error: {logsetup.scrub(message)}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
 
 
@@ -142,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         fail(f"web.listen_address: {exc}")
     url = config.database.url.get_secret_value() if config.database.url else None
-    _SECRETS.extend([url] if url else [])
     logsetup.setup(config.log.level, config.log.format, [url] if url else [])
     if ignored:
         log.warning(
@@ -171,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         exc.source = exc.source or args.config_file or "configuration"
         fail(redact_url_text(exc.line()))
-    _SECRETS.extend([parts.db.secret] if parts.db.secret else [])
     if args.config_check:
         print(f"convrs-exporter: configuration OK ({args.config_file or 'defaults'})")
         parts.db.close()

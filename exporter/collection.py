@@ -155,7 +155,7 @@ class Collection:
             _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
             fence = pg_fence(conn) if pg else None
         self.counter.apply(self._mine(rows), params, now, fence)
-        self.health.unsettled.set(self.counter.recounted)
+        self.health.recounted.set(self.counter.recounted)
         return MetricData(spec.key, (), now)  # series are built from the counter state
 
     def reconcile(self) -> int:

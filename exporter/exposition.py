@@ -58,13 +58,7 @@ def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
         return metric.series if metric else ()
 
     out = [
-        Family(
-            ORG_INFO_METRIC,
-            "gauge",
-            ORG_INFO_HELP,
-            ("org", "name"),
-            tuple(Series(s.labels, 1.0) for s in series("organizations")),
-        )
+        Family(ORG_INFO_METRIC, "gauge", ORG_INFO_HELP, ("org", "name"), series("organizations"))
     ]
     out += [
         Family(g.metric, "gauge", g.help, ("org", *g.labels), series(g.key)) for g in specs.gauges
@@ -290,7 +284,7 @@ class Health:
             "Messages the periodic reconciliation found uncounted and added.",
             registry=r,
         )
-        self.unsettled = Gauge(
+        self.recounted = Gauge(
             "convrs_exporter_messages_recounted_rows",
             "Messages above the settled watermark, recounted each collection.",
             registry=r,

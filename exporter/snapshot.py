@@ -34,9 +34,10 @@ class GzipPrefix:
     """One encoding of the data part, kept only compressed: the open start of a gzip stream.
 
     Written once per collection, a chunk at a time (the whole uncompressed text is never
-    held). ``finish(tail)`` appends a scrape's own lines and closes the stream by copying
-    the compressor's saved state, so a scrape compresses only those few lines and the
-    client gets one ordinary gzip stream (curl reads only the first of several members).
+    held). A scrape sends ``prefix`` as it is, then ``closing(tail)``: its own lines,
+    compressed onto a copy of the compressor's saved state, and the stream's end. So a
+    scrape compresses only those few lines, and the client gets one ordinary gzip stream
+    (curl reads only the first of several members).
     ``chunks()`` streams it back uncompressed for clients that do not accept gzip.
     """
 
@@ -63,10 +64,6 @@ class GzipPrefix:
         self._parts.append(self._compressor.flush(zlib.Z_SYNC_FLUSH))
         self.prefix = b"".join(self._parts)
         self._parts = []
-
-    def finish(self, tail: bytes) -> bytes:
-        """The whole stream, ``tail`` appended (a copy of the prefix: for tests and tools)."""
-        return self.prefix + self.closing(tail)
 
     def closing(self, tail: bytes) -> bytes:
         """What follows ``prefix`` to append ``tail`` and close the stream."""

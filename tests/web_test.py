@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -80,33 +81,32 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def test_tls_and_basic_auth(seeded: Engine, tmp: Path) -> None:
-    ca, cert, key = make_certs(tmp)
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
-    web = tmp / "web.yml"
-    web.write_text(
-        yaml.safe_dump(
-            {
-                "tls_server_config": {
-                    "cert_file": cert.name,
-                    "key_file": key.name,
-                    "min_version": "TLS12",
-                },
-                "basic_auth_users": {"prometheus": hashed},
-            }
-        )
-    )
+def https_exporter(seeded: Engine, tmp: Path, web: dict[str, Any], ca: Path) -> Exporter:
+    """The exporter with this web config, and an HTTPS client that trusts ``ca`` and sends
+    the right basic-auth password (not started)."""
+    path = tmp / "web.yml"
+    path.write_text(yaml.safe_dump(web))
     url = seeded.url.render_as_string(hide_password=False)
     exp = Exporter(
         tmp,
         {"collection": {"interval": "1s"}, "database": {"statement_timeout": "500ms"}},
         env={"CONVRS_EXPORTER_DATABASE_URL": url},
-        args=["--web.config.file", str(web)],
+        args=["--web.config.file", str(path)],
     )
     exp.scheme = "https"
     exp.context = ssl.create_default_context(cafile=str(ca))
     exp.headers = basic("prometheus", PASSWORD)
-    exp.start()
+    return exp
+
+
+def test_tls_and_basic_auth(seeded: Engine, tmp: Path) -> None:
+    ca, cert, key = make_certs(tmp)
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
+    web = {
+        "tls_server_config": {"cert_file": cert.name, "key_file": key.name, "min_version": "TLS12"},
+        "basic_auth_users": {"prometheus": hashed},
+    }
+    exp = https_exporter(seeded, tmp, web, ca).start()
     try:
         assert parse(exp.metrics())["convrs_flows"] == pg.reference_counts(seeded)["convrs_flows"]
         assert exp.get("/metrics", basic("prometheus", "wrong"))[0] == 401
@@ -222,33 +222,19 @@ def test_mutual_tls_and_open_probe_paths(seeded: Engine, tmp: Path) -> None:
         cwd=tmp,
     )
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
-    web = tmp / "web.yml"
-    web.write_text(
-        yaml.safe_dump(
-            {
-                "tls_server_config": {
-                    "cert_file": cert.name,
-                    "key_file": key.name,
-                    "client_auth_type": "RequireAndVerifyClientCert",
-                    "client_ca_file": ca.name,
-                    "min_version": "TLS13",
-                },
-                "basic_auth_users": {"prometheus": hashed},
-                "unauthenticated_paths": ["/healthz"],
-            }
-        )
-    )
-    url = seeded.url.render_as_string(hide_password=False)
-    exp = Exporter(
-        tmp,
-        {"collection": {"interval": "1s"}, "database": {"statement_timeout": "500ms"}},
-        env={"CONVRS_EXPORTER_DATABASE_URL": url},
-        args=["--web.config.file", str(web)],
-    )
-    exp.scheme = "https"
-    exp.context = ssl.create_default_context(cafile=str(ca))
+    web = {
+        "tls_server_config": {
+            "cert_file": cert.name,
+            "key_file": key.name,
+            "client_auth_type": "RequireAndVerifyClientCert",
+            "client_ca_file": ca.name,
+            "min_version": "TLS13",
+        },
+        "basic_auth_users": {"prometheus": hashed},
+        "unauthenticated_paths": ["/healthz"],
+    }
+    exp = https_exporter(seeded, tmp, web, ca)
     exp.context.load_cert_chain(tmp / "client.crt", tmp / "client.key")
-    exp.headers = basic("prometheus", PASSWORD)
     exp.start()
     try:
         assert parse(exp.metrics())["convrs_flows"] == pg.reference_counts(seeded)["convrs_flows"]

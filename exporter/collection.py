@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -19,8 +20,17 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CollectionConfig
-from .counting import MessageCounter, label_value, to_unix
-from .db import Database, classify, fetch, pg_fence, pg_probe, read_only
+from .counting import CEILING, MessageCounter, Summary, label_value, to_unix
+from .db import (
+    Database,
+    classify,
+    fence_of,
+    fetch,
+    fetch_tuples,
+    pg_probe_fenced,
+    probe_of,
+    read_only,
+)
 from .errors import QueryError
 from .exposition import Health, Renderer
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
@@ -42,7 +52,6 @@ class Collection:
         health: Health,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        ready: threading.Event | None = None,
     ) -> None:
         self.db = db
         self.specs = specs
@@ -55,8 +64,6 @@ class Collection:
         """For ages (staleness, settling), immune to clock steps."""
         self.counter = MessageCounter(specs.messages, settings.settle_after)
         self.renderer = Renderer()
-        self.ready = ready or threading.Event()
-        """Set once a collection has fully succeeded; shared across reloads."""
         self._stopping = False
         self._active: Any = None
         """The driver connection of the running collection, for cancel()."""
@@ -77,10 +84,17 @@ class Collection:
             elapsed = time.perf_counter() - started
             self._report(specs, errors, elapsed)
             self.store.publish(self.snapshot())
-            if self._all_ok() and self.counter.ready:
-                self.ready.set()  # after the publish: ready means the data is there
             trim_heap()
             return not errors
+
+    def run_and_render(self, keys: Iterable[str] | None = None) -> bool:
+        """A collection, then the render step that serves its snapshot (the scheduler's job:
+        one worker, so renders never overlap collections)."""
+        ok = self.run(keys)
+        started = time.perf_counter()
+        self.store.render()
+        self.health.render_duration.set(time.perf_counter() - started)
+        return ok
 
     def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
         errors: dict[str, QueryError] = {}
@@ -148,15 +162,46 @@ class Collection:
         return MetricData(spec.key, _sum_series(rows, 1 + len(spec.labels)), now)
 
     def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
+        """One snapshot (REPEATABLE READ on PostgreSQL): the summary, with the probe of which
+        batches settled and the fence for the new one; a recount of the tail if it changed;
+        the grouped count of the new rows (see counting.py)."""
         pg = self.db.dialect == "postgresql"
-        with read_only(self.db, conn):
-            probe = pg_probe(conn) if pg else None
-            params = self.counter.params(now, probe)
-            _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
-            fence = pg_fence(conn) if pg else None
-        self.counter.apply(self._mine(rows), params, now, fence)
-        self.health.recounted.set(self.counter.recounted)
-        return MetricData(spec.key, (), now)  # series are built from the counter state
+        c = self.counter
+
+        def rows(sql: str, params: dict[str, int]) -> list[Sequence[Any]]:
+            return self._mine(fetch_tuples(self.db, conn, spec.key, sql, params))
+
+        with read_only(self.db, conn, repeatable=True):
+            probe = fence = summary = None
+            head = spec.summary_sql
+            if pg:
+                head = pg_probe_fenced(head or "SELECT 1 AS one")
+            if head is not None:
+                params = {"after": c.watermark, "seen": c.highest}
+                (row,) = fetch_tuples(self.db, conn, spec.key, head, params)
+                if pg:
+                    probe, fence, row = probe_of(row), fence_of(row[3:5]), row[5:]
+                if spec.summary_sql is not None:
+                    summary = Summary.of(row)
+            settle = c.settle_to(now, probe)
+            before = c.highest
+            if c.batches and (summary is None or not c.tail_matches(summary)):
+                late = c.recount_tail(rows(spec.sql, {"after": c.watermark, "upto": c.highest}))
+                if late:
+                    log.debug("late commits counted", extra={"messages": late})
+            c.settle(settle)
+            upper = None if summary is None else summary.highest
+            full = summary is None or not c.ready  # the first count reads the full shape
+            if upper is not None and upper <= before:
+                fresh: list[Sequence[Any]] = []
+            else:
+                sql = spec.sql if full else spec.counts_sql
+                fresh = rows(sql, {"after": before, "upto": CEILING if upper is None else upper})
+            new_pairs = c.add_fresh(fresh, upper, now, fence, full=full)
+            if new_pairs:
+                c.add_since(rows(spec.since_sql, {"after": before, "upto": c.highest}))
+        self.health.recounted.set(c.recounted)
+        return MetricData(spec.key, (), now)  # the totals are read from the counter
 
     def reconcile(self) -> int:
         """The safety net: a full count of the messages at or below the watermark, run at
@@ -182,7 +227,14 @@ class Collection:
                 )
                 self.health.reconciled.inc(found)
                 self.store.publish(self.snapshot())
+            trim_heap()
             return found
+
+    def reconcile_and_render(self) -> int:
+        found = self.reconcile()
+        if found:
+            self.store.render()
+        return found
 
     def _mine(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
         """This shard's rows (the SQL may have filtered already; this is exact everywhere)."""
@@ -231,7 +283,7 @@ class Collection:
     # --- the snapshot ------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Fresh metric data (stale values withheld), zero-filled, rendered."""
+        """Fresh metric data (stale values withheld), zero-filled; rendered when asked."""
         now = self.monotonic()
         fresh: dict[str, MetricData] = {}
         for spec in self.specs.all():
@@ -244,33 +296,16 @@ class Collection:
         for spec in self.specs.gauges:
             if spec.key in fresh:
                 fresh[spec.key] = _zero_fill(fresh[spec.key], spec, org_ids)
-        if "messages" in fresh:
-            overrides = (
-                {s.labels[0]: s.created for s in orgs.series if s.created is not None}
-                if orgs
-                else {}
-            )
-            fresh.update(self._message_data(fresh["messages"].collected_at, overrides))
-        snap = Snapshot(metrics=MappingProxyType(fresh), taken_at=self.clock())
-        return Snapshot(
-            snap.metrics, snap.taken_at, rendered=self.renderer.render(self.specs, snap)
+        messages = None
+        if "messages" in fresh and self.counter.ready:
+            messages = self.counter.snapshot(fresh["messages"].collected_at)
+        snap = Snapshot(
+            metrics=MappingProxyType(fresh),
+            taken_at=self.clock(),
+            messages=messages,
+            complete=self._all_ok() and self.counter.ready,
         )
-
-    def _message_data(self, at: float, overrides: dict[str, float]) -> dict[str, MetricData]:
-        since = {od: overrides.get(od[0], ts) for od, ts in self.counter.since.items()}
-        # in the counter's order (first seen), not sorted: sorting 200,000 keys held the GIL
-        # for long enough to delay scrapes; the exposition formats do not ask for an order
-        totals = tuple(
-            Series(key, float(state.total), since.get((key[0], key[1])))
-            for key, state in self.counter.series.items()
-            if state.total
-        )
-        seen = {(s.labels[0], s.labels[1]) for s in totals}
-        counting = tuple(Series(od, ts) for od, ts in since.items() if od in seen)
-        return {
-            "messages": MetricData("messages", totals, at),
-            "counting_since": MetricData("counting_since", counting, at),
-        }
+        return replace(snap, encodings=self.renderer.encodings(self.specs, snap))
 
 
 def _sum_series(rows: Iterable[Sequence[Any]], width: int) -> tuple[Series, ...]:

@@ -1,38 +1,55 @@
 """Incremental message counting: per-series running totals past a settled watermark.
 
-Each collection runs one grouped query over the rows whose key is above the
-watermark F (a bound parameter). Rows at or below F were counted once and are
-final; rows above it (the "tail") are recounted every time, because ids are not
-committed in order: a transaction that took a lower id may commit after a higher
-one was seen. F moves up to a key seen earlier only once that key is settled:
-``settle_after`` has passed and, on PostgreSQL, every transaction that was open
-when it was seen has ended (snapshot xmin past the xmax recorded then). So the
-cost is the rows added since about two collections ago, not the table.
+Rows with a key at or below the watermark F were counted once and are final. Rows
+above it are the "tail": counted, but a transaction that took a lower id may still
+commit (ids are not committed in order), so the tail is checked again on every
+collection. Each collection costs the rows added since about two collections ago,
+not the table:
 
-The exported total of a series only moves up: it grows by how much the recount
-of (F, inf) grew since the last collection. Deleted or archived messages lower
-the recount, never the total. After a restart the first collection counts the
-whole table, so the totals are rebuilt from what is there (a counter reset).
+1. A one-row summary over the keys above F: how many tail rows there are now and a
+   checksum of their keys (compared with what was counted there), how many rows are
+   new, their checksum, and the highest key.
+2. If the tail changed (a late commit, or a deletion), the tail is recounted per series;
+   a rise counts (committed late), a fall does not (deleted).
+3. One grouped count of the new rows only: each moves its series' total at once.
+
+On PostgreSQL all three read one REPEATABLE READ snapshot, so the new rows' checksum
+from the summary is exactly that of the rows the grouped count saw. A batch (the rows
+one collection counted) settles once ``settle_after`` has passed and every transaction
+open when it was counted has ended (the xid fence, see ``db.Fence``); F then moves past
+it and its rows are final.
+
+The exported total of a series only moves up. Deleted or archived messages lower the
+recount, never the total. After a restart the first collection counts the whole table,
+so the totals are rebuilt from what is there (a counter reset).
+
+Per-series state lives in flat arrays indexed by series number (8 bytes a value, no
+object per series); the key tuples are shared with the snapshots, which only append.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from math import inf
 from typing import Any
 
 from .db import Fence, Probe
 from .mapping import MessagesSpec
+from .snapshot import MessageTotals
 
 SeriesKey = tuple[str, ...]
 """(org, direction[, channel][, sender]) in the order of the spec's labels."""
 
 FLOOR = -(2**63)
 """Below every key: the first collection counts the whole table."""
+CEILING = 2**63 - 1
+"""Above every key: the first collection's upper bound."""
 
 
 def to_unix(value: Any) -> float | None:
@@ -68,48 +85,67 @@ def label_value(value: Any) -> str:
     return sys.intern(text)
 
 
-@dataclass(slots=True)
-class _Series:
-    total: int = 0
-    """Exported: only ever grows."""
-    settled: int = 0
-    """Rows at or below the watermark: as the last reconciliation found them, plus those
-    settled since."""
-    tail: int = 0
-    """Rows above the watermark at the last collection (all at or below the highest key seen)."""
+@dataclass
+class _Batch:
+    """The rows one collection counted: keys in (the previous highest, ``upper``]."""
+
+    upper: int
+    at: float
+    """Monotonic time of the count."""
+    fence: Fence | None
+    series: array[int]
+    counts: array[int]
+    """Rows per series, ``counts[j]`` for series number ``series[j]``."""
+    rows: int
+    checksum: int
+
+    def by_series(self, into: dict[int, int]) -> None:
+        for i, n in zip(self.series, self.counts, strict=True):
+            into[i] = into.get(i, 0) + n
 
 
 @dataclass(frozen=True)
-class _Seen:
-    at: float
-    """Monotonic time of the count that saw ``max_key``."""
-    max_key: int
-    fence: Fence | None
+class Summary:
+    """One row: the tail's rows now and their checksum, and the highest key above it."""
+
+    tail_rows: int
+    tail_checksum: int
+    highest: int | None
+
+    @classmethod
+    def of(cls, row: Sequence[Any]) -> Summary:
+        top = None if row[2] is None else int(row[2])
+        return cls(int(row[0] or 0), int(row[1] or 0), top)
 
 
 @dataclass
 class MessageCounter:
-    """Per-series running totals past a settled watermark (see the module docstring).
-
-    Each query counts, per series, the rows above the watermark ``after`` (``n``), the part
-    at or below ``settle`` that becomes final now (``n_settling``), and the part above the
-    highest key seen before, ``seen`` (``n_fresh``): new rows count at once; a change among
-    the older tail rows counts only when it is a rise (a late commit), never a fall (a delete).
-    """
+    """Per-series running totals past a settled watermark (see the module docstring)."""
 
     spec: MessagesSpec
     settle_after: float
     watermark: int = FLOOR
     highest: int = FLOOR
-    """The highest key seen so far."""
-    series: dict[SeriesKey, _Series] = field(default_factory=dict)
+    """The highest key counted so far."""
+    keys: list[SeriesKey] = field(default_factory=list)
+    index: dict[Any, int] = field(default_factory=dict)
+    """Series number by label key (and, rarely, by a row's own label values where these
+    are not text), so that a row finds its series without converting its values."""
+    _orgs: dict[Any, str] = field(default_factory=dict)
+    """Org ids that are not text (integers, usually) as label values."""
+    _since_copy: dict[tuple[str, str], float] = field(default_factory=dict)
+    """What the snapshots share of ``since`` (copied when it grew)."""
+    totals: array[int] = field(default_factory=lambda: array("q"))
+    """Exported: only ever grow."""
+    settled: array[int] = field(default_factory=lambda: array("q"))
+    """Rows at or below the watermark: as the last reconciliation found them, plus the
+    batches settled since."""
     since: dict[tuple[str, str], float] = field(default_factory=dict)
     """Counting-since per (org, direction): oldest message at first sight; never moves."""
     collections: int = 0
-    _seen: deque[_Seen] = field(default_factory=deque)
-    _tailed: set[SeriesKey] = field(default_factory=set)
-    """Series with rows above the watermark: the only ones besides those in a query's rows
-    whose state can change, so a collection touches what moved, not every series."""
+    late: int = 0
+    """Rows found committed below the highest key after it was counted (all added)."""
+    batches: deque[_Batch] = field(default_factory=deque)
 
     @property
     def ready(self) -> bool:
@@ -118,107 +154,218 @@ class MessageCounter:
 
     @property
     def recounted(self) -> int:
-        """Rows above the watermark, counted again on every collection."""
-        return sum(s.tail for s in self.series.values())
+        """Rows above the watermark, checked again on every collection."""
+        return sum(b.rows for b in self.batches)
 
-    def params(self, now: float, probe: Probe | None) -> dict[str, int]:
-        """Bounds for the next query (``now`` is monotonic)."""
+    @property
+    def width(self) -> int:
+        return 1 + len(self.spec.labels)
+
+    # --- a collection ----------------------------------------------------------------
+
+    def settle_to(self, now: float, probe: Probe | None) -> int:
+        """The highest batch bound that is settled now (``now`` is monotonic)."""
         settle = self.watermark
-        while self._seen and self._is_settled(self._seen[0], now, probe):
-            settle = max(settle, self._seen.popleft().max_key)
-        return {"after": self.watermark, "settle": settle, "seen": self.highest}
+        for batch in self.batches:
+            if not self._is_settled(batch, now, probe):
+                break
+            settle = batch.upper
+        return settle
 
-    def _is_settled(self, seen: _Seen, now: float, probe: Probe | None) -> bool:
-        if now - seen.at < self.settle_after:
+    def _is_settled(self, batch: _Batch, now: float, probe: Probe | None) -> bool:
+        if now - batch.at < self.settle_after:
             return False
-        if seen.fence is None:  # not PostgreSQL: the time alone
+        if batch.fence is None:  # not PostgreSQL: the time alone
             return True
-        return probe is not None and probe.passed(seen.fence)
+        return probe is not None and probe.passed(batch.fence)
 
-    def apply(
+    def tail_matches(self, summary: Summary) -> bool:
+        """Whether the tail holds exactly the rows counted there (no late commit, no delete)."""
+        rows = sum(b.rows for b in self.batches)
+        checksum = sum(b.checksum for b in self.batches)
+        return (summary.tail_rows, summary.tail_checksum) == (rows, checksum)
+
+    def recount_tail(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Fold a per-series recount of the tail (rows of the full shape: org, labels..., n,
+        first_ts, max_key, checksum). A rise over what was counted is a late commit and is
+        added; a fall is a deletion and changes nothing. The tail becomes one batch of
+        what is there now, settling with the newest batch. Returns the late rows."""
+        if not self.batches:
+            return 0
+        counts: dict[int, int] = {}
+        n_rows = checksum = 0
+        for row in rows:
+            i = self._series(row)
+            n = int(row[self.width])
+            counts[i] = counts.get(i, 0) + n
+            n_rows += n
+            checksum += int(row[self.width + 3] or 0)
+        before: dict[int, int] = {}
+        for batch in self.batches:
+            batch.by_series(before)
+        late = 0
+        totals = self.totals
+        for i, n in counts.items():
+            rise = n - before.get(i, 0)
+            if rise > 0:
+                totals[i] += rise
+                late += rise
+        newest = self.batches[-1]
+        self.batches.clear()
+        merged = _Batch(
+            newest.upper,
+            newest.at,
+            newest.fence,
+            array("q", counts.keys()),
+            array("q", counts.values()),
+            n_rows,
+            checksum,
+        )
+        self.batches.append(merged)
+        self.late += late
+        return late
+
+    def settle(self, upto: int) -> None:
+        """Make final the batches at or below ``upto`` (checked against the table just now)."""
+        settled = self.settled
+        while self.batches and self.batches[0].upper <= upto:
+            batch = self.batches.popleft()
+            for i, n in zip(batch.series, batch.counts, strict=True):
+                settled[i] += n
+            self.watermark = batch.upper
+
+    def add_fresh(
         self,
         rows: Iterable[Sequence[Any]],
-        params: dict[str, int],
+        upper: int | None,
         now: float,
         fence: Fence | None,
-    ) -> None:
-        """Fold one query's rows (org, labels..., n, n_settling, n_fresh, first_ts, max_key)."""
-        width = 1 + len(self.spec.labels)
-        counted: dict[SeriesKey, tuple[int, int, int]] = {}
-        highest = self.highest
+        full: bool,
+    ) -> set[tuple[str, str]]:
+        """Fold the grouped count of the new rows, up to key ``upper``: rows (org, labels...,
+        n, checksum) or, when ``full``, of the full shape (n, first_ts, max_key, checksum),
+        whose highest key is read from the rows. Each row moves its series' total at once;
+        together they become a batch. Returns the (org, direction) pairs seen for the first
+        time whose counting-since is still to be read (``full`` reads it from the rows)."""
+        width = self.width
+        index, orgs, totals = self.index, self._orgs, self.totals
+        series, counts = array("q"), array("q")
+        n_rows = checksum = 0
+        known = len(self.keys)
+        highest = self.highest if upper is None else max(self.highest, upper)
+        if not full:  # the steady state: thousands of rows, each touched once
+            for row in rows:
+                # an integer org id finds its text in _orgs; a text one is itself
+                i = index.get((orgs.get(row[0], row[0]), *row[1:width]))
+                if i is None:
+                    i = self._series(row)
+                n = row[width]
+                totals[i] += n
+                series.append(i)
+                counts.append(n)
+                n_rows += n
+                checksum += row[width + 1]
+        else:
+            firsts: dict[tuple[str, str], float] = {}
+            for row in rows:
+                i = self._series(row)
+                n = int(row[width])
+                totals[i] += n
+                series.append(i)
+                counts.append(n)
+                n_rows += n
+                checksum += int(row[width + 3] or 0)
+                top = row[width + 2]
+                if top is not None and top > highest:
+                    highest = int(top)
+                first = to_unix(row[width + 1])
+                key = self.keys[i]
+                od = (key[0], key[1])
+                if first is not None and od not in self.since and first < firsts.get(od, inf):
+                    firsts[od] = first
+            for od, first in firsts.items():
+                self.since.setdefault(od, first)
+        new_pairs = {od for od in ((k[0], k[1]) for k in self.keys[known:]) if od not in self.since}
+        if highest > self.highest:  # even with no rows here (another shard's, filtered out)
+            self.batches.append(_Batch(highest, now, fence, series, counts, n_rows, checksum))
+        self.highest = highest
+        self.collections += 1
+        return new_pairs
+
+    def add_since(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Counting-since for the pairs that have none yet: rows (org, direction, first_ts)."""
         firsts: dict[tuple[str, str], float] = {}
-        since = self.since
         for row in rows:
-            key = tuple(map(label_value, row[:width]))
-            n, n_settling, n_fresh, first_ts, row_max = row[width : width + 5]
-            prev = counted.get(key)  # label values that differ only in type merge
-            if prev is None:
-                counted[key] = (int(n), int(n_settling or 0), int(n_fresh or 0))
-            else:
-                counted[key] = (
-                    prev[0] + int(n),
-                    prev[1] + int(n_settling or 0),
-                    prev[2] + int(n_fresh or 0),
-                )
-            if row_max is not None and row_max > highest:
-                highest = int(row_max)
-            od = (key[0], key[1])
-            if od in since:  # counting-since is taken once: no need to read the time again
+            od = (label_value(row[0]), label_value(row[1]))
+            first = to_unix(row[2])
+            if od in self.since or first is None:
                 continue
-            first = to_unix(first_ts)
-            if first is not None and (od not in firsts or first < firsts[od]):
+            if od not in firsts or first < firsts[od]:
                 firsts[od] = first
-        tailed = self._tailed
-        for key in set(counted) | tailed:
-            state = self.series.get(key)
-            if state is None:
-                state = self.series[key] = _Series()
-            n, n_settling, n_fresh = counted.get(key, (0, 0, 0))
-            late = (n - n_fresh) - state.tail  # < 0: deleted; > 0: committed late
-            state.total += n_fresh + max(0, late)
-            state.settled += n_settling
-            state.tail = n - n_settling
-            if state.tail:
-                tailed.add(key)
-            else:
-                tailed.discard(key)
         for od, first in firsts.items():
             self.since.setdefault(od, first)
-        self.watermark = params["settle"]
-        if highest > self.highest:
-            self._seen.append(_Seen(now, highest, fence))
-            self.highest = highest
-        self.collections += 1
+
+    def _org(self, value: Any) -> str:
+        text = self._orgs[value] = label_value(value)
+        return text
+
+    def _series(self, row: Sequence[Any]) -> int:
+        """The series number of a row, adding the series if it is new."""
+        org = row[0] if type(row[0]) is str else self._orgs.get(row[0]) or self._org(row[0])
+        raw = (org, *row[1 : self.width])
+        i = self.index.get(raw)
+        if i is not None:
+            return i
+        key = tuple(map(label_value, raw))
+        i = self.index.get(key)
+        if i is None:  # label values that differ only in type merge
+            i = len(self.keys)
+            self.keys.append(key)
+            self.index[key] = i
+            self.totals.append(0)
+            self.settled.append(0)
+        if raw != key:  # a label column that is not text
+            self.index[raw] = i
+        return i
+
+    # --- reconciliation --------------------------------------------------------------
 
     def reconcile_params(self) -> dict[str, int] | None:
-        """Bounds for a full count whose ``n_settling`` is each series' rows at or below the
-        watermark; None before anything settled."""
+        """Bounds for a full count at or below the watermark; None before anything settled."""
         if self.watermark == FLOOR:
             return None
-        return {"after": FLOOR, "settle": self.watermark, "seen": self.highest}
+        return {"after": FLOOR, "upto": self.watermark}
 
     def reconcile(self, rows: Iterable[Sequence[Any]]) -> dict[SeriesKey, int]:
-        """Compare a full count at or below the watermark with what was counted there.
+        """Compare a full count at or below the watermark (full-shape rows) with what was
+        counted there.
 
         More rows than counted means some were committed below the watermark after it
         moved past them (a transaction that outlived every check): their number is added
         to the totals and returned. Fewer means deletions, which change nothing. Either
         way the table's count becomes the new baseline.
         """
-        width = 1 + len(self.spec.labels)
-        found: dict[SeriesKey, int] = {}
+        found: dict[int, int] = {}
         for row in rows:
-            key = tuple(label_value(v) for v in row[:width])
-            found[key] = found.get(key, 0) + int(row[width + 1] or 0)
+            i = self._series(row)
+            found[i] = found.get(i, 0) + int(row[self.width])
         added: dict[SeriesKey, int] = {}
-        for key in set(found) | set(self.series):
-            state = self.series.setdefault(key, _Series())
-            now = found.get(key, 0)
-            if now > state.settled:
-                added[key] = now - state.settled
-                state.total += now - state.settled
-            state.settled = now
+        for i, settled in enumerate(self.settled):
+            now = found.get(i, 0)
+            if now > settled:
+                added[self.keys[i]] = now - settled
+                self.totals[i] += now - settled
+            self.settled[i] = now
         return added
 
-    def totals(self) -> dict[SeriesKey, int]:
-        return {key: s.total for key, s in self.series.items() if s.total > 0}
+    # --- reading ---------------------------------------------------------------------
+
+    def snapshot(self, collected_at: float) -> MessageTotals:
+        if len(self._since_copy) != len(self.since):  # entries never change, only arrive
+            self._since_copy = dict(self.since)
+        return MessageTotals(
+            self.keys, len(self.keys), array("q", self.totals), self._since_copy, collected_at
+        )
+
+    def totals_by_key(self) -> dict[SeriesKey, int]:
+        return {key: t for key, t in zip(self.keys, self.totals, strict=True) if t > 0}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -33,7 +33,7 @@ from .mapping import (
     SINCE_METRIC,
     Specs,
 )
-from .snapshot import GzipPrefix, Rendered, Series, Snapshot
+from .snapshot import Encodings, GzipPrefix, MessageTotals, Series, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -46,7 +46,7 @@ class Family:
     kind: str
     help: str
     labels: tuple[str, ...]
-    series: tuple[Series, ...]
+    series: Iterable[Series]
 
 
 def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
@@ -57,25 +57,41 @@ def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
         metric = data.get(key)
         return metric.series if metric else ()
 
-    out = [
-        Family(ORG_INFO_METRIC, "gauge", ORG_INFO_HELP, ("org", "name"), series("organizations"))
-    ]
+    orgs = series("organizations")
+    out = [Family(ORG_INFO_METRIC, "gauge", ORG_INFO_HELP, ("org", "name"), orgs)]
     out += [
         Family(g.metric, "gauge", g.help, ("org", *g.labels), series(g.key)) for g in specs.gauges
     ]
+    totals, since = _messages(snapshot.messages, orgs)
     out.append(
-        Family(
-            MESSAGES_METRIC,
-            "counter",
-            MESSAGES_HELP,
-            ("org", *specs.messages.labels),
-            series("messages"),
-        )
+        Family(MESSAGES_METRIC, "counter", MESSAGES_HELP, ("org", *specs.messages.labels), totals)
     )
-    out.append(
-        Family(SINCE_METRIC, "gauge", SINCE_HELP, ("org", "direction"), series("counting_since"))
-    )
+    out.append(Family(SINCE_METRIC, "gauge", SINCE_HELP, ("org", "direction"), since))
     return out
+
+
+def _messages(
+    messages: MessageTotals | None, orgs: tuple[Series, ...]
+) -> tuple[Iterator[Series], list[Series]]:
+    """The message totals (those above 0), each with its counting-since as created time, and
+    counting-since per (org, direction) that has any; an organization's own
+    counting-since, where the mapping reads one, comes first."""
+    if messages is None:
+        return iter(()), []
+    own = {s.labels[0]: s.created for s in orgs if s.created is not None}
+    since = {od: own.get(od[0], ts) for od, ts in messages.since.items()}
+    keys, totals = messages.keys, messages.totals
+    counted = [i for i in range(messages.size) if totals[i]]
+    # in the counter's order (first seen), not sorted: sorting 200,000 keys held the GIL
+    # for long enough to delay scrapes; the exposition formats do not ask for an order
+    seen = {keys[i][:2] for i in counted}
+    pairs = [Series(od, ts) for od, ts in since.items() if od in seen]
+    series = (
+        Series(key, float(totals[i]), since.get((key[0], key[1])))
+        for i in counted
+        for key in (keys[i],)
+    )
+    return series, pairs
 
 
 def escape_label_value(value: str) -> str:
@@ -123,35 +139,38 @@ class Renderer:
             out = cache[value] = escape_label_value(value)
         return out
 
-    def render(self, specs: Specs, snapshot: Snapshot) -> Rendered:
-        text, om = _Sink(), _Sink()
+    def render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
+        """One format of a snapshot's data part (OpenMetrics without its ``# EOF``)."""
+        out = _Sink()
         esc = self._escape
         fmt = format_value
         for fam in families(specs, snapshot):
             labels = ",".join(f'{n}="%s"' for n in fam.labels)
             if fam.kind == "counter":
                 total, made = fam.name + "_total", fam.name + "_created"
-                text.add(f"# HELP {total} {_help(fam.help, False)}\n# TYPE {total} counter\n")
-                om.add(f"# TYPE {fam.name} counter\n# HELP {fam.name} {_help(fam.help, True)}\n")
                 total_fmt = f"{total}{{{labels}}} %s\n"
-                made_fmt = f"{made}{{{labels}}} %s\n"
+                if not openmetrics:
+                    out.add(f"# HELP {total} {_help(fam.help, False)}\n# TYPE {total} counter\n")
+                    for s in fam.series:
+                        out.add(total_fmt % (*map(esc, s.labels), fmt(s.value)))
+                    continue
+                out.add(f"# TYPE {fam.name} counter\n# HELP {fam.name} {_help(fam.help, True)}\n")
+                pair_fmt = f"{total_fmt}{made}{{{labels}}} %s\n"
                 for s in fam.series:
                     values = tuple(map(esc, s.labels))
-                    line = total_fmt % (*values, fmt(s.value))
-                    text.add(line)
-                    om.add(line)
-                    om.add(made_fmt % (*values, fmt(s.created or 0.0)))
-            else:
-                text.add(
-                    f"# HELP {fam.name} {_help(fam.help, False)}\n# TYPE {fam.name} {fam.kind}\n"
-                )
-                om.add(f"# TYPE {fam.name} {fam.kind}\n# HELP {fam.name} {_help(fam.help, True)}\n")
-                line_fmt = f"{fam.name}{{{labels}}} %s\n"
-                for s in fam.series:
-                    line = line_fmt % (*map(esc, s.labels), fmt(s.value))
-                    text.add(line)
-                    om.add(line)
-        return Rendered(text_gzip=text.close(), openmetrics_gzip=om.close())
+                    out.add(pair_fmt % (*values, fmt(s.value), *values, fmt(s.created or 0.0)))
+                continue
+            kind, text = f"# TYPE {fam.name} {fam.kind}\n", _help(fam.help, openmetrics)
+            help_line = f"# HELP {fam.name} {text}\n"
+            out.add(kind + help_line if openmetrics else help_line + kind)
+            line_fmt = f"{fam.name}{{{labels}}} %s\n"
+            for s in fam.series:
+                out.add(line_fmt % (*map(esc, s.labels), fmt(s.value)))
+        return out.close()
+
+    def encodings(self, specs: Specs, snapshot: Snapshot) -> Encodings:
+        """Renders the snapshot's formats on demand, at most once each."""
+        return Encodings(lambda openmetrics: self.render(specs, snapshot, openmetrics))
 
 
 class _Sink:
@@ -282,6 +301,12 @@ class Health:
         self.reconciled = Counter(
             "convrs_exporter_messages_reconciled",
             "Messages the periodic reconciliation found uncounted and added.",
+            registry=r,
+        )
+        self.render_duration = Gauge(
+            "convrs_exporter_render_duration_seconds",
+            "Wall time of the latest render of the exposition (after each collection, in the "
+            "formats scraped lately).",
             registry=r,
         )
         self.recounted = Gauge(

@@ -157,9 +157,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, head: bool) -> None:
         app = self.server.app
-        rendered = app.store.current.rendered
         om = wants_openmetrics(self.headers.get("Accept"))
-        data = rendered.openmetrics_gzip if om else rendered.text_gzip
+        data = app.store.want(om)
         own = app.health.render(om)
         content_type = OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE
         headers = {"Vary": "Accept, Accept-Encoding"}

@@ -53,17 +53,29 @@ class OrgSpec:
 
 @dataclass(frozen=True)
 class MessagesSpec:
-    """Grouped message counts past a watermark.
+    """The statements that count messages past a watermark (see counting.py).
 
-    Parameters ``:after`` (count rows with key above it), ``:settle`` (the part at or
-    below it is final) and ``:seen`` (above it, new since the last count). Rows:
-    ``org, <labels...>, n, n_settling, n_fresh, first_ts, max_key``.
+    - ``sql``: the full shape, per series over keys in (``:after``, ``:upto``]: rows
+      ``org, <labels...>, n, first_ts, max_key, checksum``. The first count, a recount of
+      the tail, and reconciliation.
+    - ``counts_sql``: the same range, rows ``org, <labels...>, n, checksum`` (the new rows).
+    - ``summary_sql``: one row: the tail's rows (keys in (``:after``, ``:seen``]), their
+      checksum, and the highest key above ``:seen``. None where the shard cannot be
+      filtered per row in SQL: the tail is then recounted every time.
+    - ``since_sql``: ``org, direction, first_ts`` over (``:after``, ``:upto``], for
+      (org, direction) pairs seen for the first time.
     """
 
     key: str
     labels: tuple[str, ...]
     sql: str
     interval: float
+    counts_sql: str = ""
+    summary_sql: str | None = None
+    since_sql: str = ""
+
+    def statements(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.sql, self.counts_sql, self.summary_sql, self.since_sql) if s)
 
 
 Spec = GaugeSpec | OrgSpec | MessagesSpec
@@ -159,25 +171,67 @@ def organizations_sql(mapping: OrganizationsMapping, shard: Shard = Shard()) -> 
     )
 
 
-def messages_sql(mapping: MessagesMapping, labels: tuple[str, ...], shard: Shard = Shard()) -> str:
+CHECKSUM_MODULUS = 1_000_003
+"""Keys are summed modulo this prime: a checksum that stays a small integer."""
+
+
+def messages_specs(
+    mapping: MessagesMapping,
+    labels: tuple[str, ...],
+    interval: float,
+    shard: Shard = Shard(),
+    dialect: str = "",
+) -> MessagesSpec:
     if mapping.query is not None:
         org, key, ts = "src.org", "src.id", "src.created_at"
         exprs = {lb: f"src.{lb}" for lb in labels}
-        source, where = f"FROM ({_strip(mapping.query)}) src", f"WHERE {key} > :after"
+        table, joins, filters = f"({_strip(mapping.query)}) src", [], []
     else:
         assert mapping.table and mapping.org and mapping.key and mapping.timestamp
         org, key, ts = mapping.org, mapping.key, mapping.timestamp
         exprs = {lb: mapping.labels[lb] for lb in labels}
-        conditions = [f"{key} > :after", *([mapping.filter] if mapping.filter else [])]
-        source, where = _from(mapping.table, mapping.joins, conditions), ""
+        table, joins = mapping.table, mapping.joins
+        filters = [mapping.filter] if mapping.filter else []
+    residue = f"{key} % {CHECKSUM_MODULUS}"
+    if dialect == "postgresql":
+        residue = f"CAST({residue} AS integer)"  # sum(integer) is a bigint, not a numeric
+    in_range = _from(table, joins, [f"{key} > :after", f"{key} <= :upto", *filters])
     cols = ", ".join([f"{org} AS org", *(f"{exprs[lb]} AS {lb}" for lb in labels)])
-    return (
-        f"SELECT {cols}, count(*) AS n, "
-        f"sum(CASE WHEN {key} <= :settle THEN 1 ELSE 0 END) AS n_settling, "
-        f"sum(CASE WHEN {key} > :seen THEN 1 ELSE 0 END) AS n_fresh, "
-        f"min({ts}) AS first_ts, max({key}) AS max_key "
-        f"{source} {where} {_group_by(1 + len(labels))}{shard.having(org)}"
-    ).replace("  ", " ")
+    group = f"{_group_by(1 + len(labels))}{shard.having(org)}"
+    full = (
+        f"SELECT {cols}, count(*) AS n, min({ts}) AS first_ts, max({key}) AS max_key, "
+        f"sum({residue}) AS checksum {in_range} {group}"
+    )
+    counts = f"SELECT {cols}, count(*) AS n, sum({residue}) AS checksum {in_range} {group}"
+    direction = exprs.get("direction", "NULL")
+    since = (
+        f"SELECT {org} AS org, {direction} AS direction, min({ts}) AS first_ts "
+        f"{in_range} {_group_by(2)}{shard.having(org)}"
+    )
+    summary = None
+    if shard.total == 1 or shard.pushdown:
+        cond = shard.condition(org)
+        tail = _from(
+            table,
+            joins,
+            [f"{key} > :after", f"{key} <= :seen", *filters, *([cond] if cond else [])],
+        )
+        # the highest key is only the upper bound of the next count: neither the filter nor
+        # the shard narrows it, so that an index answers it at once
+        above = _from(table, joins, [f"{key} > :seen"])
+        summary = (
+            f"SELECT count(*) AS tail_rows, sum({residue}) AS tail_checksum, "
+            f"(SELECT max({key}) {above}) AS max_key {tail}"
+        )
+    return MessagesSpec(
+        "messages",
+        labels,
+        full,
+        interval,
+        counts_sql=counts,
+        summary_sql=summary,
+        since_sql=since,
+    )
 
 
 def build_specs(config: Config, dialect: str = "") -> Specs:
@@ -213,10 +267,7 @@ def build_specs(config: Config, dialect: str = "") -> Specs:
         ),
         gauges=tuple(gauges),
         shard=shard,
-        messages=MessagesSpec(
-            "messages",
-            msg_labels,
-            messages_sql(m.messages, msg_labels, shard),
-            m.messages.interval or default,
+        messages=messages_specs(
+            m.messages, msg_labels, m.messages.interval or default, shard, dialect
         ),
     )

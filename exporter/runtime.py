@@ -26,7 +26,7 @@ from .demo import Trickle
 from .errors import ConfigError, QueryError
 from .exposition import Health, ThresholdCollector
 from .http import App, Server
-from .mapping import Specs, build_specs
+from .mapping import MessagesSpec, Specs, build_specs
 from .scheduler import Schedule
 from .snapshot import Store
 from .webconfig import WebSettings, load_web_config
@@ -40,9 +40,11 @@ def check_mapping(db: Database, specs: Specs) -> None:
     try:
         with db.engine.connect() as conn:
             for spec in specs.all():
-                sql = f"SELECT * FROM ({spec.sql}) probe WHERE 1 = 0"
-                with read_only(db, conn):
-                    fetch(db, conn, spec.key, sql, {"after": 0, "settle": 0, "seen": 0})
+                statements = spec.statements() if isinstance(spec, MessagesSpec) else (spec.sql,)
+                for statement in statements:
+                    sql = f"SELECT * FROM ({statement}) probe WHERE 1 = 0"
+                    with read_only(db, conn):
+                        fetch(db, conn, spec.key, sql, {"after": 0, "upto": 0, "seen": 0})
     except QueryError as exc:
         raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
     except SQLAlchemyError as exc:
@@ -108,8 +110,9 @@ class Runtime:
         self._demo_writer = demo_writer
         self._lifecycle = enable_lifecycle
         self._lock = threading.Lock()
-        self.store = Store()
         self.ready = threading.Event()
+        """Set once a complete snapshot is served; shared across reloads."""
+        self.store = Store(self.ready)
         self.health: Health | None = None
         self.parts: Parts | None = None
         self.collection: Collection | None = None
@@ -151,9 +154,7 @@ class Runtime:
             {o: t for o, t in cfg.thresholds.per_org().items() if specs.shard.owns(o)},
         )
         self.health.interval.set(cfg.collection.interval)
-        collection = Collection(
-            parts.db, specs, cfg.collection, self.store, self.health, ready=self.ready
-        )
+        collection = Collection(parts.db, specs, cfg.collection, self.store, self.health)
         if counter_from is not None:
             collection.counter = counter_from.counter
             collection.counter.spec = specs.messages
@@ -179,7 +180,7 @@ class Runtime:
             if config.web.listen_address != old.config.web.listen_address:
                 log.warning("web.listen_address changes only with a restart")
             keep = (
-                new.specs.messages.sql == old.specs.messages.sql
+                new.specs.messages.statements() == old.specs.messages.statements()
                 and new.specs.messages.labels == old.specs.messages.labels
                 and new.db is old.db
                 and new.specs.shard == old.specs.shard

@@ -42,7 +42,7 @@ class Schedule:
         now = dt.datetime.now(dt.UTC)
         for interval, keys in self.jobs().items():
             self.scheduler.add_job(
-                self.collection.run,
+                self.collection.run_and_render,
                 IntervalTrigger(seconds=interval),
                 args=[keys],
                 id="collect:" + ",".join(keys),
@@ -51,7 +51,7 @@ class Schedule:
         reconcile = self.collection.settings.reconcile_interval
         if reconcile is not None:
             self.scheduler.add_job(
-                self.collection.reconcile,
+                self.collection.reconcile_and_render,
                 IntervalTrigger(seconds=reconcile),
                 id="reconcile",
             )

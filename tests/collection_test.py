@@ -20,7 +20,9 @@ def test_every_series_equals_sql(seeded: Engine) -> None:
     for metric, series in want.items():
         assert got[metric] == pytest.approx(series), metric
     assert len(got["convrs_org_info"]) == 4
-    assert collection.ready.is_set()
+    assert not collection.store.ready.is_set()  # published, not yet served
+    collection.store.render()
+    assert collection.store.ready.is_set()
     collection.db.close()
 
 

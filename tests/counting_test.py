@@ -191,8 +191,8 @@ def test_restart_rebuilds_totals_from_the_table(collection: Collection, empty: E
     run_n(collection)
     assert total(collection) == 6
     restarted, _ = in_process(_url(empty))
-    assert not restarted.ready.is_set()
-    assert restarted.run() and restarted.ready.is_set()
+    assert not restarted.store.ready.is_set()
+    assert restarted.run_and_render() and restarted.store.ready.is_set()
     assert total(restarted) == 4 == table_count(empty)  # a counter reset, as the spec says
     restarted.db.close()
 

@@ -4,6 +4,7 @@ back by prometheus-client's parsers and checked by promtool."""
 from __future__ import annotations
 
 import subprocess
+from array import array
 from types import MappingProxyType
 
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from exporter.config import load_config
 from exporter.exposition import Renderer, format_value
 from exporter.mapping import build_specs
-from exporter.snapshot import MetricData, Series, Snapshot
+from exporter.snapshot import MessageTotals, MetricData, Rendered, Series, Snapshot
 from tests.support.expo import parse
 
 SPECS = build_specs(load_config(None, {}))
@@ -24,18 +25,19 @@ label_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=300)
 def snapshot(names: list[str], channels: list[str]) -> Snapshot:
     orgs = tuple(Series((str(i), n), 1.0) for i, n in enumerate(names))
     bots = tuple(Series((str(i), ch), float(i + 1)) for i, ch in enumerate(channels))
-    msgs = tuple(
-        Series((str(i), "inbound", ch, "user"), float(10 * i + 7), 1_700_000_000.25 + i)
-        for i, ch in enumerate(channels)
-    )
-    since = tuple(Series((str(i), "inbound"), 1_700_000_000.25 + i) for i in range(len(channels)))
+    keys = [(str(i), "inbound", ch, "user") for i, ch in enumerate(channels)]
+    totals = array("q", (10 * i + 7 for i in range(len(channels))))
+    since = {(str(i), "inbound"): 1_700_000_000.25 + i for i in range(len(channels))}
     data = {
         "organizations": MetricData("organizations", orgs, 0),
         "bots": MetricData("bots", bots, 0),
-        "messages": MetricData("messages", msgs, 0),
-        "counting_since": MetricData("counting_since", since, 0),
     }
-    return Snapshot(MappingProxyType(data), 0)
+    return Snapshot(MappingProxyType(data), 0, MessageTotals(keys, len(keys), totals, since, 0))
+
+
+def render(renderer: Renderer, snap: Snapshot) -> Rendered:
+    encodings = renderer.encodings(SPECS, snap)
+    return Rendered(encodings.get(False), encodings.get(True))
 
 
 @settings(max_examples=200, deadline=None)
@@ -44,7 +46,7 @@ def snapshot(names: list[str], channels: list[str]) -> Snapshot:
     channels=st.lists(label_text, min_size=1, max_size=5, unique=True),
 )
 def test_any_label_value_round_trips_in_both_formats(names: list[str], channels: list[str]) -> None:
-    rendered = Renderer().render(SPECS, snapshot(names, channels))
+    rendered = render(Renderer(), snapshot(names, channels))
     for got in (
         parse(rendered.text.decode()),
         parse(rendered.openmetrics.decode() + "# EOF\n", openmetrics=True),
@@ -58,7 +60,7 @@ def test_any_label_value_round_trips_in_both_formats(names: list[str], channels:
 
 def test_promtool_accepts_hostile_labels_and_created_matches() -> None:
     names = ['quote " here', "back\\slash", "new\nline", "Zürich 東京 🚀", "x" * 5000, "\t\r\x01"]
-    rendered = Renderer().render(SPECS, snapshot(names, ["sms", 'we"ird\\\n']))
+    rendered = render(Renderer(), snapshot(names, ["sms", 'we"ird\\\n']))
     check = subprocess.run(
         ["promtool", "check", "metrics"], input=rendered.text, capture_output=True
     )
@@ -70,8 +72,8 @@ def test_promtool_accepts_hostile_labels_and_created_matches() -> None:
     )
     # the renderer's label cache must not leak one collection's values into the next
     renderer = Renderer()
-    renderer.render(SPECS, snapshot(["a"], ["sms"]))
-    again = renderer.render(SPECS, snapshot(["b"], ["line"]))
+    render(renderer, snapshot(["a"], ["sms"]))
+    again = render(renderer, snapshot(["b"], ["line"]))
     assert parse(again.text.decode())["convrs_org_info"] == {("0", "b"): 1.0}
 
 

@@ -53,7 +53,7 @@ def test_per_metric_intervals_run_once_at_start_and_never_overlap(seeded: Engine
     assert overlaps[0] == 0
     assert runs["messages"] == 2  # at start and at 2s
     assert 6 <= runs["users"] <= 8  # at start and every 0.5s
-    assert collection.ready.is_set()
+    assert collection.store.ready.is_set()  # the job renders and serves each collection
     collection.db.close()
 
 

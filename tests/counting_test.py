@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from exporter.collection import Collection
 from exporter.schema import metadata
@@ -179,6 +179,65 @@ def test_deleting_never_lowers_and_adding_moves_by_exactly_what_was_added(
             conn.execute(text(INSERT))
     assert collection.run()
     assert total(collection) == 15
+
+
+def test_late_commit_beside_a_deleted_tail_row_is_found_by_the_checksum(
+    collection: Collection, empty: Engine
+) -> None:
+    """A late commit in one series and a delete of a tail row of another, in one interval:
+    the tail's row count is unchanged, its key checksum is not, so the tail is recounted
+    per series and the late row counts."""
+    other = ("2", "outbound", "line", "bot")
+    t1 = psycopg.connect(_dsn(empty))
+    (low,) = t1.execute(INSERT).fetchone() or (0,)  # the lower id, left open
+    with empty.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO messages (org_id, direction, sender_type, channel) "
+                "VALUES (2, 'outbound', 'bot', 'line'), (2, 'outbound', 'bot', 'line')"
+            )
+        )
+    assert collection.run()
+    assert (total(collection), total(collection, other)) == (0, 2)
+    assert collection.counter.watermark < low  # the tail holds t1's id while it is open
+    t1.commit()
+    with empty.begin() as conn:  # one of the tail's rows goes in the same interval
+        conn.execute(text("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)"))
+    assert collection.run()
+    assert (total(collection), total(collection, other)) == (1, 2)
+    run_n(collection)
+    assert (total(collection), total(collection, other)) == (1, 2)
+    t1.close()
+
+
+def test_a_steady_collection_counts_only_the_new_rows(collection: Collection, empty: Engine) -> None:
+    """Once the tail has settled, a collection runs the summary and one grouped count over
+    the new rows only (the key range is its bound parameters), never the full shape."""
+    with empty.begin() as conn:
+        for _ in range(5):
+            conn.execute(text(INSERT))
+    run_n(collection)
+    highest = collection.counter.highest
+    statements: list[tuple[str, dict[str, int]]] = []
+
+    def seen(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
+        if isinstance(params, dict) and "after" in params:
+            statements.append((statement, dict(params)))
+
+    event.listen(collection.db.engine, "before_cursor_execute", seen)
+    with empty.begin() as conn:
+        for _ in range(3):
+            conn.execute(text(INSERT))
+    assert collection.run()
+    event.remove(collection.db.engine, "before_cursor_execute", seen)
+    assert total(collection) == 8
+    spec = collection.specs.messages
+    assert spec.summary_sql is not None
+    (summary, s_params), (counts, c_params) = statements
+    assert "tail_rows" in summary and s_params == {"after": highest, "seen": highest}
+    assert "first_ts" not in counts and counts.endswith("GROUP BY 1, 2, 3, 4")  # not the full
+    assert c_params == {"after": highest, "upto": collection.counter.highest}
+    assert collection.counter.highest == highest + 3
 
 
 def test_restart_rebuilds_totals_from_the_table(collection: Collection, empty: Engine) -> None:

@@ -210,7 +210,9 @@ def test_late_commit_beside_a_deleted_tail_row_is_found_by_the_checksum(
     t1.close()
 
 
-def test_a_steady_collection_counts_only_the_new_rows(collection: Collection, empty: Engine) -> None:
+def test_a_steady_collection_counts_only_the_new_rows(
+    collection: Collection, empty: Engine
+) -> None:
     """Once the tail has settled, a collection runs the summary and one grouped count over
     the new rows only (the key range is its bound parameters), never the full shape."""
     with empty.begin() as conn:

@@ -25,11 +25,11 @@ from .db import (
     Database,
     classify,
     fence_of,
-    fetch,
     fetch_tuples,
     pg_probe_fenced,
     probe_of,
     read_only,
+    stream,
 )
 from .errors import QueryError
 from .exposition import Health, Renderer
@@ -152,14 +152,13 @@ class Collection:
         if isinstance(spec, MessagesSpec):
             return self._collect_messages(conn, spec, now)
         with read_only(self.db, conn):
-            _, rows = fetch(self.db, conn, spec.key, spec.sql)
-        rows = self._mine(rows)
-        if isinstance(spec, OrgSpec):
-            series = tuple(
-                Series((label_value(r[0]), label_value(r[1])), 1.0, to_unix(r[2])) for r in rows
-            )
-            return MetricData(spec.key, series, now)
-        return MetricData(spec.key, _sum_series(rows, 1 + len(spec.labels)), now)
+            rows = self._mine(stream(self.db, conn, spec.key, spec.sql))
+            if isinstance(spec, OrgSpec):
+                series = tuple(
+                    Series((label_value(r[0]), label_value(r[1])), 1.0, to_unix(r[2])) for r in rows
+                )
+                return MetricData(spec.key, series, now)
+            return MetricData(spec.key, _sum_series(rows, 1 + len(spec.labels)), now)
 
     def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
         """One snapshot (REPEATABLE READ on PostgreSQL): the summary, with the probe of which
@@ -168,8 +167,8 @@ class Collection:
         pg = self.db.dialect == "postgresql"
         c = self.counter
 
-        def rows(sql: str, params: dict[str, int]) -> list[Sequence[Any]]:
-            return self._mine(fetch_tuples(self.db, conn, spec.key, sql, params))
+        def rows(sql: str, params: dict[str, int]) -> Iterable[Sequence[Any]]:
+            return self._mine(stream(self.db, conn, spec.key, sql, params))
 
         with read_only(self.db, conn, repeatable=True):
             probe = fence = summary = None
@@ -192,11 +191,16 @@ class Collection:
             c.settle(settle)
             upper = None if summary is None else summary.highest
             full = summary is None or not c.ready  # the first count reads the full shape
+            bounds = {"after": before, "upto": CEILING if upper is None else upper}
+            fresh: Iterable[Sequence[Any]] = []
             if upper is not None and upper <= before:
-                fresh: list[Sequence[Any]] = []
-            else:
-                sql = spec.sql if full else spec.counts_sql
-                fresh = rows(sql, {"after": before, "upto": CEILING if upper is None else upper})
+                pass
+            elif full:  # streamed: the whole table's series
+                fresh = rows(spec.sql, bounds)
+            else:  # a few thousand rows, folded column-wise
+                fresh = list(
+                    self._mine(fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds))
+                )
             new_pairs = c.add_fresh(fresh, upper, now, fence, full=full)
             if new_pairs:
                 c.add_since(rows(spec.since_sql, {"after": before, "upto": c.highest}))
@@ -213,12 +217,12 @@ class Collection:
             spec = self.specs.messages
             try:
                 with self.db.engine.connect() as conn, read_only(self.db, conn):
-                    _, rows = fetch(self.db, conn, spec.key, spec.sql, params)
+                    rows = stream(self.db, conn, spec.key, spec.sql, params)
+                    added = self.counter.reconcile(self._mine(rows))
             except (QueryError, SQLAlchemyError) as exc:
                 err = exc if isinstance(exc, QueryError) else classify(self.db, spec.key, exc)
                 log.warning("reconciliation failed; will try again", extra={"err": err.message})
                 return 0
-            added = self.counter.reconcile(self._mine(rows))
             found = sum(added.values())
             if found:
                 log.warning(
@@ -236,12 +240,12 @@ class Collection:
             self.store.render()
         return found
 
-    def _mine(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+    def _mine(self, rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
         """This shard's rows (the SQL may have filtered already; this is exact everywhere)."""
         shard = self.specs.shard
         if shard.total == 1:
             return rows
-        return [r for r in rows if shard.owns(label_value(r[0]))]
+        return (r for r in rows if shard.owns(label_value(r[0])))
 
     def _report(self, specs: Sequence[Spec], errors: dict[str, QueryError], elapsed: float) -> None:
         h = self.health

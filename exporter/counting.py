@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from math import inf
-from typing import Any
+from typing import Any, cast
 
 from .db import Fence, Probe
 from .mapping import MessagesSpec
@@ -253,18 +253,21 @@ class MessageCounter:
         n_rows = checksum = 0
         known = len(self.keys)
         highest = self.highest if upper is None else max(self.highest, upper)
-        if not full:  # the steady state: thousands of rows, each touched once
-            for row in rows:
-                # an integer org id finds its text in _orgs; a text one is itself
-                i = index.get((orgs.get(row[0], row[0]), *row[1:width]))
-                if i is None:
-                    i = self._series(row)
-                n = row[width]
+        if not full and (rows := list(rows)):  # steady state: thousands of rows, touched once
+            # column-wise, so that the per-row work runs in C: transpose, find each row's
+            # series (an integer org id finds its text in _orgs; a text one is itself)
+            cols = list(zip(*rows, strict=True))
+            keys = zip(map(orgs.get, cols[0], cols[0]), *cols[1:width], strict=True)
+            maybe: list[int | None] = list(map(index.get, keys))
+            if None in maybe:  # new series: rare after the first count
+                found = [self._series(rows[j]) if i is None else i for j, i in enumerate(maybe)]
+            else:
+                found = cast(list[int], maybe)
+            ns = cols[width]
+            for i, n in zip(found, ns, strict=True):
                 totals[i] += n
-                series.append(i)
-                counts.append(n)
-                n_rows += n
-                checksum += row[width + 1]
+            series, counts = array("q", found), array("q", ns)
+            n_rows, checksum = sum(ns), sum(cols[width + 1])
         else:
             firsts: dict[tuple[str, str], float] = {}
             for row in rows:

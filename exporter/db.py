@@ -174,11 +174,39 @@ def fetch(
         raise classify(db, query, exc) from None
 
 
+def stream(
+    db: Database,
+    conn: Connection,
+    query: str,
+    sql: str,
+    params: Mapping[str, Any] | None = None,
+    size: int = 5000,
+) -> Iterator[Sequence[Any]]:
+    """Run one statement and yield its rows a few thousand at a time, as the driver's
+    tuples; to be read whole inside the transaction. A first count of 200,000 series
+    held as one list of rows left the allocator with about 80 MB it never gave back;
+    a few thousand at a time it is a few MB."""
+    driver_error = getattr(db.engine.dialect, "loaded_dbapi", None)
+    errors: tuple[type[BaseException], ...] = (SQLAlchemyError,)
+    if driver_error is not None:
+        errors += (driver_error.Error,)
+    try:
+        with _sqlite_deadline(conn, db.statement_timeout):
+            result = conn.execute(text(sql), dict(params or {}))
+            try:
+                while chunk := result.cursor.fetchmany(size):
+                    yield from chunk
+            finally:
+                result.close()
+    except errors as exc:
+        raise classify(db, query, exc) from None
+
+
 def fetch_tuples(
     db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any]
 ) -> list[Sequence[Any]]:
-    """``fetch`` for large results: the driver's own row tuples, without SQLAlchemy's row
-    objects (a third of the fold's time on 10,000 rows)."""
+    """All rows at once as the driver's own tuples, without SQLAlchemy's row objects
+    (a steady count's few thousand rows, which the counter folds column by column)."""
     try:
         with _sqlite_deadline(conn, db.statement_timeout):
             result = conn.execute(text(sql), dict(params))

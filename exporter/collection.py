@@ -34,7 +34,7 @@ from .db import (
 from .errors import QueryError
 from .exposition import Health, Renderer
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
-from .memory import trim_heap
+from .memory import freeze_heap, trim_heap
 from .snapshot import MetricData, Series, Snapshot, Store
 
 log = logging.getLogger("convrs_exporter.collection")
@@ -71,6 +71,8 @@ class Collection:
         self._ok: dict[str, bool] = {}
         self._failing: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._frozen = False
+        """Whether the long-lived state was moved out of the cyclic collector's reach."""
 
     # --- running -----------------------------------------------------------
 
@@ -84,6 +86,9 @@ class Collection:
             elapsed = time.perf_counter() - started
             self._report(specs, errors, elapsed)
             self.store.publish(self.snapshot())
+            if self.counter.ready and not self._frozen:
+                freeze_heap()  # the first count built the state that lives from now on
+                self._frozen = True
             trim_heap()
             return not errors
 

@@ -8,6 +8,7 @@ import math
 import platform
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -46,7 +47,14 @@ class Family:
     kind: str
     help: str
     labels: tuple[str, ...]
-    series: Iterable[Series]
+    series: Iterable[Series] = ()
+    """A gauge's series."""
+    counts: Iterable[Count] = ()
+    """A counter's series."""
+
+
+Count = tuple[tuple[str, ...], int, float | None]
+"""A counter series: label values, count, created time (Unix seconds)."""
 
 
 def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
@@ -63,16 +71,15 @@ def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
         Family(g.metric, "gauge", g.help, ("org", *g.labels), series(g.key)) for g in specs.gauges
     ]
     totals, since = _messages(snapshot.messages, orgs)
-    out.append(
-        Family(MESSAGES_METRIC, "counter", MESSAGES_HELP, ("org", *specs.messages.labels), totals)
-    )
+    labels = ("org", *specs.messages.labels)
+    out.append(Family(MESSAGES_METRIC, "counter", MESSAGES_HELP, labels, counts=totals))
     out.append(Family(SINCE_METRIC, "gauge", SINCE_HELP, ("org", "direction"), since))
     return out
 
 
 def _messages(
     messages: MessageTotals | None, orgs: tuple[Series, ...]
-) -> tuple[Iterator[Series], list[Series]]:
+) -> tuple[Iterator[Count], list[Series]]:
     """The message totals (those above 0), each with its counting-since as created time, and
     counting-since per (org, direction) that has any; an organization's own
     counting-since, where the mapping reads one, comes first."""
@@ -86,12 +93,8 @@ def _messages(
     # for long enough to delay scrapes; the exposition formats do not ask for an order
     seen = {keys[i][:2] for i in counted}
     pairs = [Series(od, ts) for od, ts in since.items() if od in seen]
-    series = (
-        Series(key, float(totals[i]), since.get((key[0], key[1])))
-        for i in counted
-        for key in (keys[i],)
-    )
-    return series, pairs
+    counts = ((key, totals[i], since.get((key[0], key[1]))) for i in counted for key in (keys[i],))
+    return counts, pairs
 
 
 def escape_label_value(value: str) -> str:
@@ -148,29 +151,38 @@ class Renderer:
             labels = ",".join(f'{n}="%s"' for n in fam.labels)
             if fam.kind == "counter":
                 total, made = fam.name + "_total", fam.name + "_created"
-                total_fmt = f"{total}{{{labels}}} %s\n"
+                total_fmt = f"{total}{{{labels}}} %d\n"
                 if not openmetrics:
                     out.add(f"# HELP {total} {_help(fam.help, False)}\n# TYPE {total} counter\n")
-                    for s in fam.series:
-                        out.add(total_fmt % (*map(esc, s.labels), fmt(s.value)))
+                    out.extend(total_fmt % (*map(esc, k), n) for k, n, _ in fam.counts)
                     continue
                 out.add(f"# TYPE {fam.name} counter\n# HELP {fam.name} {_help(fam.help, True)}\n")
                 pair_fmt = f"{total_fmt}{made}{{{labels}}} %s\n"
-                for s in fam.series:
-                    values = tuple(map(esc, s.labels))
-                    out.add(pair_fmt % (*values, fmt(s.value), *values, fmt(s.created or 0.0)))
+                made_at = _Formatted()
+                out.extend(
+                    pair_fmt % (*values, n, *values, made_at[created])
+                    for k, n, created in fam.counts
+                    for values in (tuple(map(esc, k)),)
+                )
                 continue
             kind, text = f"# TYPE {fam.name} {fam.kind}\n", _help(fam.help, openmetrics)
             help_line = f"# HELP {fam.name} {text}\n"
             out.add(kind + help_line if openmetrics else help_line + kind)
             line_fmt = f"{fam.name}{{{labels}}} %s\n"
-            for s in fam.series:
-                out.add(line_fmt % (*map(esc, s.labels), fmt(s.value)))
+            out.extend(line_fmt % (*map(esc, s.labels), fmt(s.value)) for s in fam.series)
         return out.close()
 
     def encodings(self, specs: Specs, snapshot: Snapshot) -> Encodings:
         """Renders the snapshot's formats on demand, at most once each."""
         return Encodings(lambda openmetrics: self.render(specs, snapshot, openmetrics))
+
+
+class _Formatted(dict[float | None, str]):
+    """Created times as text, each formatted once (an org's series share one)."""
+
+    def __missing__(self, created: float | None) -> str:
+        text = self[created] = format_value(created or 0.0)
+        return text
 
 
 class _Sink:
@@ -183,6 +195,12 @@ class _Sink:
     def add(self, line: str) -> None:
         self.lines.append(line)
         if len(self.lines) >= 4096:
+            self.flush()
+
+    def extend(self, lines: Iterable[str]) -> None:
+        it = iter(lines)
+        while chunk := list(islice(it, 4096)):
+            self.lines += chunk
             self.flush()
 
     def flush(self) -> None:

@@ -1,4 +1,5 @@
-"""Keeping resident memory close to what the exporter holds (glibc, Linux; no-ops elsewhere).
+"""Keeping resident memory close to what the exporter holds (glibc, Linux; no-ops elsewhere),
+and the cyclic garbage collector off the long-lived state.
 
 Rendering 200,000 series allocates and frees tens of megabytes per collection, and each
 scrape runs in its own thread. glibc keeps freed memory, and gives threads arenas of their
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 from typing import Any
 
 M_ARENA_MAX = -8
@@ -34,3 +36,18 @@ def trim_heap() -> None:
     """After a collection: hand the freed memory of its rendering back to the system."""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+def freeze_heap() -> None:
+    """Once the first count has built the long-lived state (hundreds of thousands of series):
+    move every object alive now out of the cyclic collector's reach. Otherwise each full
+    collection walks them all, holding the GIL for tens of milliseconds (a scrape or a
+    collection waits). What dies later is still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw_heap() -> None:
+    """Before a reload replaces the long-lived state: let the collector see it again, so
+    that the old state's reference cycles are collected, not kept."""
+    gc.unfreeze()

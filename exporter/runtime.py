@@ -27,6 +27,7 @@ from .errors import ConfigError, QueryError
 from .exposition import Health, ThresholdCollector
 from .http import App, Server
 from .mapping import MessagesSpec, Specs, build_specs
+from .memory import thaw_heap
 from .scheduler import Schedule
 from .snapshot import Store
 from .webconfig import WebSettings, load_web_config
@@ -188,6 +189,7 @@ class Runtime:
             previous, schedule = self.collection, self.schedule
             assert schedule is not None
             schedule.stop(wait=True)  # a running collection finishes first
+            thaw_heap()  # the old state may go: let the collector reach its cycles again
             logsetup.setup(config.log.level, config.log.format)
             self._install(new, counter_from=previous if keep else None)
             assert self.server is not None

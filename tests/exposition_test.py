@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from array import array
+from dataclasses import replace
 from types import MappingProxyType
 
 from hypothesis import given, settings
@@ -13,7 +14,16 @@ from hypothesis import strategies as st
 from exporter.config import load_config
 from exporter.exposition import Renderer, format_value
 from exporter.mapping import build_specs
-from exporter.snapshot import MessageTotals, MetricData, Rendered, Series, Snapshot
+from exporter.snapshot import (
+    Encodings,
+    GzipPrefix,
+    MessageTotals,
+    MetricData,
+    Rendered,
+    Series,
+    Snapshot,
+    Store,
+)
 from tests.support.expo import parse
 
 SPECS = build_specs(load_config(None, {}))
@@ -86,3 +96,36 @@ def test_value_formatting() -> None:
         "1.152921504606847e+18",
     ]
     assert format_value(float("nan")) == "NaN"
+
+
+def test_the_render_step_renders_the_formats_scraped_lately_and_serves_once_done() -> None:
+    """Before any scrape both formats are rendered; after scrapes of one format only that
+    one is; a format asked for later is rendered once, by the first scrape that asks; the
+    store turns ready only when a complete snapshot is served."""
+    renders: list[bool] = []
+    renderer = Renderer()
+
+    def published(complete: bool, names: list[str]) -> Snapshot:
+        snap = replace(snapshot(names, ["sms"]), complete=complete)
+
+        def render(openmetrics: bool) -> GzipPrefix:
+            renders.append(openmetrics)
+            return renderer.render(SPECS, snap, openmetrics)
+
+        return replace(snap, encodings=Encodings(render))
+
+    store = Store()
+    store.publish(published(False, ["a"]))
+    assert not renders and store.served is not store.current  # published, not yet served
+    store.render()
+    assert sorted(renders) == [False, True] and not store.ready.is_set()
+    body = store.want(True).decompressed().decode()  # a scrape, served the rendered bytes
+    assert 'convrs_org_info{org="0",name="a"} 1' in body and sorted(renders) == [False, True]
+    renders.clear()
+    store.publish(published(True, ["b"]))
+    assert 'name="a"' in store.want(True).decompressed().decode()  # the previous, until served
+    store.render()
+    assert renders == [True] and store.ready.is_set()  # only OpenMetrics was scraped lately
+    for _ in range(3):
+        text = store.want(False).decompressed().decode()  # first asked now: rendered once
+    assert 'convrs_org_info{org="0",name="b"} 1' in text and renders == [True, False]

@@ -177,23 +177,26 @@ class Collection:
 
         with read_only(self.db, conn, repeatable=True):
             probe = fence = summary = None
+            check = c.due(now)  # else the summary's tail range is empty: it reads no rows
             head = spec.summary_sql
             if pg:
                 head = pg_probe_fenced(head or "SELECT 1 AS one")
             if head is not None:
-                params = {"after": c.watermark, "seen": c.highest}
+                params = {"after": c.watermark if check else c.highest, "seen": c.highest}
                 (row,) = fetch_tuples(self.db, conn, spec.key, head, params)
                 if pg:
                     probe, fence, row = probe_of(row), fence_of(row[3:5]), row[5:]
                 if spec.summary_sql is not None:
                     summary = Summary.of(row)
-            settle = c.settle_to(now, probe)
             before = c.highest
-            if c.batches and (summary is None or not c.tail_matches(summary)):
-                late = c.recount_tail(rows(spec.sql, {"after": c.watermark, "upto": c.highest}))
-                if late:
-                    log.debug("late commits counted", extra={"messages": late})
-            c.settle(settle)
+            if check:
+                settle = c.settle_to(now, probe)
+                if summary is None or not c.tail_matches(summary):
+                    bounds = {"after": c.watermark, "upto": c.highest}
+                    late = c.recount_tail(rows(spec.sql, bounds))
+                    if late:
+                        log.debug("late commits counted", extra={"messages": late})
+                c.settle(settle)
             upper = None if summary is None else summary.highest
             full = summary is None or not c.ready  # the first count reads the full shape
             bounds = {"after": before, "upto": CEILING if upper is None else upper}

@@ -2,19 +2,20 @@
 
 Rows with a key at or below the watermark F were counted once and are final. Rows
 above it are the "tail": counted, but a transaction that took a lower id may still
-commit (ids are not committed in order), so the tail is checked again on every
-collection. Each collection costs the rows added since about two collections ago,
-not the table:
+commit (ids are not committed in order), so the tail is checked again before it
+settles. Each collection costs the rows added since the last one (and the tail's, when
+it may settle), not the table:
 
-1. A one-row summary over the keys above F: how many tail rows there are now and a
-   checksum of their keys (compared with what was counted there), how many rows are
-   new, their checksum, and the highest key.
+1. A one-row summary: the highest key and, when the oldest batch may settle by time,
+   how many tail rows there are now and a checksum of their keys (compared with what
+   was counted there).
 2. If the tail changed (a late commit, or a deletion), the tail is recounted per series;
    a rise counts (committed late), a fall does not (deleted).
-3. One grouped count of the new rows only: each moves its series' total at once.
+3. One grouped count of the new rows only (up to that highest key): each moves its
+   series' total at once.
 
-On PostgreSQL all three read one REPEATABLE READ snapshot, so the new rows' checksum
-from the summary is exactly that of the rows the grouped count saw. A batch (the rows
+On PostgreSQL all three read one REPEATABLE READ snapshot, with the probe and the fence
+(``db.pg_probe_fenced``) in the summary's statement. A batch (the rows
 one collection counted) settles once ``settle_after`` has passed and every transaction
 open when it was counted has ended (the xid fence, see ``db.Fence``); F then moves past
 it and its rows are final.
@@ -162,6 +163,12 @@ class MessageCounter:
         return 1 + len(self.spec.labels)
 
     # --- a collection ----------------------------------------------------------------
+
+    def due(self, now: float) -> bool:
+        """Whether the oldest batch may settle now by time: only then is the tail checked
+        (late commits count by the time their batch settles, within ``settle_after``;
+        a fresh first count is not re-read every collection until then)."""
+        return bool(self.batches) and now - self.batches[0].at >= self.settle_after
 
     def settle_to(self, now: float, probe: Probe | None) -> int:
         """The highest batch bound that is settled now (``now`` is monotonic)."""

@@ -329,7 +329,7 @@ class Health:
         )
         self.recounted = Gauge(
             "convrs_exporter_messages_recounted_rows",
-            "Messages above the settled watermark, recounted each collection.",
+            "Messages above the settled watermark: counted, checked again before they settle.",
             registry=r,
         )
         Gauge(

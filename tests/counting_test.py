@@ -242,6 +242,33 @@ def test_a_steady_collection_counts_only_the_new_rows(
     assert collection.counter.highest == highest + 3
 
 
+def test_the_tail_is_read_only_when_a_batch_may_settle(empty: Engine) -> None:
+    """Before settle_after has passed no batch can settle, so the summary reads no tail rows
+    (a first count of the whole table is not re-read each collection); new rows still
+    count at once."""
+    coll, _ = in_process(_url(empty), {"collection": {"settle_after": "1h"}})
+    with empty.begin() as conn:
+        for _ in range(4):
+            conn.execute(text(INSERT))
+    assert coll.run()
+    highest = coll.counter.highest
+    summaries: list[dict[str, int]] = []
+
+    def seen(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
+        if "tail_rows" in statement and isinstance(params, dict):
+            summaries.append(dict(params))
+
+    event.listen(coll.db.engine, "before_cursor_execute", seen)
+    with empty.begin() as conn:
+        conn.execute(text(INSERT))
+    assert coll.run()
+    event.remove(coll.db.engine, "before_cursor_execute", seen)
+    assert summaries == [{"after": highest, "seen": highest}]  # an empty tail range
+    assert coll.counter.watermark < highest and len(coll.counter.batches) == 2
+    assert total(coll) == 5 == table_count(empty)
+    coll.db.close()
+
+
 def test_restart_rebuilds_totals_from_the_table(collection: Collection, empty: Engine) -> None:
     with empty.begin() as conn:
         for _ in range(6):

@@ -26,8 +26,8 @@ from .db import (
     classify,
     fence_of,
     fetch_tuples,
-    pg_probe_fenced,
-    probe_of,
+    pg_fenced,
+    pg_probe,
     read_only,
     stream,
 )
@@ -175,25 +175,37 @@ class Collection:
         def rows(sql: str, params: dict[str, int]) -> Iterable[Sequence[Any]]:
             return self._mine(stream(self.db, conn, spec.key, sql, params))
 
+        check = c.due(now)  # else no batch can settle: the summary reads no tail rows
+        probe = None
+        if pg and check:
+            # before the snapshot the tail is checked in: a transaction that has ended by
+            # now is in that snapshot (within one statement, pg_stat_activity would be read
+            # after the snapshot, and a commit in between would be in neither)
+            with read_only(self.db, conn):
+                probe = pg_probe(conn)
         with read_only(self.db, conn, repeatable=True):
-            probe = fence = summary = None
-            check = c.due(now)  # else the summary's tail range is empty: it reads no rows
+            fence = summary = None
             head = spec.summary_sql
             if pg:
-                head = pg_probe_fenced(head or "SELECT 1 AS one")
+                head = pg_fenced(head or "SELECT 1 AS one")
             if head is not None:
                 params = {"after": c.watermark if check else c.highest, "seen": c.highest}
                 (row,) = fetch_tuples(self.db, conn, spec.key, head, params)
                 if pg:
-                    probe, fence, row = probe_of(row), fence_of(row[3:5]), row[5:]
+                    fence, row = fence_of(row), row[2:]
                 if spec.summary_sql is not None:
                     summary = Summary.of(row)
             before = c.highest
             if check:
                 settle = c.settle_to(now, probe)
                 if summary is None or not c.tail_matches(summary):
-                    bounds = {"after": c.watermark, "upto": c.highest}
-                    late = c.recount_tail(rows(spec.sql, bounds))
+                    low = {"after": c.watermark, "upto": settle}
+                    high = {"after": settle, "upto": c.highest}
+                    late = c.recount_tail(
+                        settle,
+                        rows(spec.sql, low) if settle > c.watermark else (),
+                        rows(spec.sql, high) if c.highest > settle else (),
+                    )
                     if late:
                         log.debug("late commits counted", extra={"messages": late})
                 c.settle(settle)
@@ -201,17 +213,18 @@ class Collection:
             full = summary is None or not c.ready  # the first count reads the full shape
             bounds = {"after": before, "upto": CEILING if upper is None else upper}
             fresh: Iterable[Sequence[Any]] = []
-            if upper is not None and upper <= before:
-                pass
+            if summary is not None and (upper is None or upper <= before):
+                pass  # nothing above the highest key in the summary's view
             elif full:  # streamed: the whole table's series
                 fresh = rows(spec.sql, bounds)
             else:  # a few thousand rows, folded column-wise
                 fresh = list(
                     self._mine(fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds))
                 )
-            new_pairs = c.add_fresh(fresh, upper, now, fence, full=full)
-            if new_pairs:
-                c.add_since(rows(spec.since_sql, {"after": before, "upto": c.highest}))
+            c.add_fresh(fresh, upper, now, fence, full=full)
+            if c.pending:  # new (org, direction) pairs: when their first message was sent
+                since = rows(spec.since_sql, {"after": before, "upto": c.highest})
+                c.add_since(since, self.clock())
         self.health.recounted.set(c.recounted)
         return MetricData(spec.key, (), now)  # the totals are read from the counter
 

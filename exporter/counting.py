@@ -14,8 +14,11 @@ it may settle), not the table:
 3. One grouped count of the new rows only (up to that highest key): each moves its
    series' total at once.
 
-On PostgreSQL all three read one REPEATABLE READ snapshot, with the probe and the fence
-(``db.pg_probe_fenced``) in the summary's statement. A batch (the rows
+On PostgreSQL all three read one REPEATABLE READ snapshot, the fence is taken in the
+summary's statement (``db.pg_fenced``), and the probe of which transactions are still
+open in a statement before it (``db.pg_probe``). Elsewhere the statements may read newer
+data one after another; the counts stay exact (a late row makes the tail's check differ,
+so the tail is recounted). A batch (the rows
 one collection counted) settles once ``settle_after`` has passed and every transaction
 open when it was counted has ended (the xid fence, see ``db.Fence``); F then moves past
 it and its rows are final.
@@ -105,6 +108,21 @@ class _Batch:
             into[i] = into.get(i, 0) + n
 
 
+@dataclass
+class _Fold:
+    """Full-shape rows read into per-series counts, not yet applied."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    rows: int = 0
+    checksum: int = 0
+    top: int = FLOOR
+    firsts: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def batch(self, upper: int, at: float, fence: Fence | None) -> _Batch:
+        keys, values = array("q", self.counts.keys()), array("q", self.counts.values())
+        return _Batch(upper, at, fence, keys, values, self.rows, self.checksum)
+
+
 @dataclass(frozen=True)
 class Summary:
     """One row: the tail's rows now and their checksum, and the highest key above it."""
@@ -147,6 +165,8 @@ class MessageCounter:
     late: int = 0
     """Rows found committed below the highest key after it was counted (all added)."""
     batches: deque[_Batch] = field(default_factory=deque)
+    pending: set[tuple[str, str]] = field(default_factory=set)
+    """(org, direction) pairs with series but no counting-since yet."""
 
     @property
     def ready(self) -> bool:
@@ -155,7 +175,7 @@ class MessageCounter:
 
     @property
     def recounted(self) -> int:
-        """Rows above the watermark, checked again on every collection."""
+        """Rows above the watermark, checked again before they settle."""
         return sum(b.rows for b in self.batches)
 
     @property
@@ -192,45 +212,65 @@ class MessageCounter:
         checksum = sum(b.checksum for b in self.batches)
         return (summary.tail_rows, summary.tail_checksum) == (rows, checksum)
 
-    def recount_tail(self, rows: Iterable[Sequence[Any]]) -> int:
-        """Fold a per-series recount of the tail (rows of the full shape: org, labels..., n,
-        first_ts, max_key, checksum). A rise over what was counted is a late commit and is
-        added; a fall is a deletion and changes nothing. The tail becomes one batch of
-        what is there now, settling with the newest batch. Returns the late rows."""
-        if not self.batches:
-            return 0
-        counts: dict[int, int] = {}
-        n_rows = checksum = 0
-        for row in rows:
-            i = self._series(row)
-            n = int(row[self.width])
-            counts[i] = counts.get(i, 0) + n
-            n_rows += n
-            checksum += int(row[self.width + 3] or 0)
-        before: dict[int, int] = {}
-        for batch in self.batches:
-            batch.by_series(before)
+    def recount_tail(
+        self, settle: int, settling: Iterable[Sequence[Any]], rest: Iterable[Sequence[Any]]
+    ) -> int:
+        """Fold a per-series recount of the tail, in two parts: the keys up to ``settle``
+        (the batches that settle now) and those above (rows of the full shape: org,
+        labels..., n, first_ts, max_key, checksum). A rise over what was counted is a late
+        commit and is added; a fall is a deletion and changes nothing. Each part becomes
+        one batch of what is there now: the first settles now, the second with the newest
+        batch. Both parts are read before anything is applied. Returns the late rows."""
+        low = [b for b in self.batches if b.upper <= settle]
+        high = [b for b in self.batches if b.upper > settle]
+        folded = [(low, self._fold_full(settling)), (high, self._fold_full(rest))]
         late = 0
-        totals = self.totals
-        for i, n in counts.items():
-            rise = n - before.get(i, 0)
-            if rise > 0:
-                totals[i] += rise
-                late += rise
-        newest = self.batches[-1]
-        self.batches.clear()
-        merged = _Batch(
-            newest.upper,
-            newest.at,
-            newest.fence,
-            array("q", counts.keys()),
-            array("q", counts.values()),
-            n_rows,
-            checksum,
-        )
-        self.batches.append(merged)
+        merged: list[_Batch] = []
+        for batches, fold in folded:
+            if not batches:
+                continue
+            before: dict[int, int] = {}
+            for batch in batches:
+                batch.by_series(before)
+            for i, n in fold.counts.items():
+                rise = n - before.get(i, 0)
+                if rise > 0:
+                    self.totals[i] += rise
+                    late += rise
+            newest = batches[-1]
+            merged.append(fold.batch(newest.upper, newest.at, newest.fence))
+            self._first_seen(fold.firsts)
+        self.batches = deque(merged)
         self.late += late
         return late
+
+    def _fold_full(self, rows: Iterable[Sequence[Any]]) -> _Fold:
+        """Full-shape rows, read one at a time, into per-series counts (nothing applied)."""
+        width = self.width
+        fold = _Fold()
+        counts, firsts = fold.counts, fold.firsts
+        for row in rows:
+            i = self._series(row)
+            n = int(row[width])
+            counts[i] = counts.get(i, 0) + n
+            fold.rows += n
+            fold.checksum += int(row[width + 3] or 0)
+            top = row[width + 2]
+            if top is not None and top > fold.top:
+                fold.top = int(top)
+            key = self.keys[i]
+            od = (key[0], key[1])
+            if od in self.pending:
+                first = to_unix(row[width + 1])
+                if first is not None and first < firsts.get(od, inf):
+                    firsts[od] = first
+        return fold
+
+    def _first_seen(self, firsts: dict[tuple[str, str], float]) -> None:
+        for od, first in firsts.items():
+            if od in self.pending:
+                self.since.setdefault(od, first)
+                self.pending.discard(od)
 
     def settle(self, upto: int) -> None:
         """Make final the batches at or below ``upto`` (checked against the table just now)."""
@@ -248,21 +288,26 @@ class MessageCounter:
         now: float,
         fence: Fence | None,
         full: bool,
-    ) -> set[tuple[str, str]]:
+    ) -> None:
         """Fold the grouped count of the new rows, up to key ``upper``: rows (org, labels...,
         n, checksum) or, when ``full``, of the full shape (n, first_ts, max_key, checksum),
         whose highest key is read from the rows. Each row moves its series' total at once;
-        together they become a batch. Returns the (org, direction) pairs seen for the first
-        time whose counting-since is still to be read (``full`` reads it from the rows)."""
+        together they become a batch. Nothing is applied until every row has been read.
+        Pairs seen for the first time without their counting-since are left in ``pending``."""
         width = self.width
-        index, orgs, totals = self.index, self._orgs, self.totals
-        series, counts = array("q"), array("q")
-        n_rows = checksum = 0
-        known = len(self.keys)
         highest = self.highest if upper is None else max(self.highest, upper)
-        if not full and (rows := list(rows)):  # steady state: thousands of rows, touched once
+        if full:  # streamed: read whole into per-series counts, then applied
+            fold = self._fold_full(rows)
+            for i, n in fold.counts.items():
+                self.totals[i] += n
+            self._first_seen(fold.firsts)
+            highest = max(highest, fold.top)
+            series, values = array("q", fold.counts.keys()), array("q", fold.counts.values())
+            n_rows, checksum = fold.rows, fold.checksum
+        elif rows := list(rows):  # the steady state: thousands of rows, each touched once
             # column-wise, so that the per-row work runs in C: transpose, find each row's
             # series (an integer org id finds its text in _orgs; a text one is itself)
+            index, orgs, totals = self.index, self._orgs, self.totals
             cols = list(zip(*rows, strict=True))
             keys = zip(map(orgs.get, cols[0], cols[0]), *cols[1:width], strict=True)
             maybe: list[int | None] = list(map(index.get, keys))
@@ -273,47 +318,28 @@ class MessageCounter:
             ns = cols[width]
             for i, n in zip(found, ns, strict=True):
                 totals[i] += n
-            series, counts = array("q", found), array("q", ns)
+            series, values = array("q", found), array("q", ns)
             n_rows, checksum = sum(ns), sum(cols[width + 1])
         else:
-            firsts: dict[tuple[str, str], float] = {}
-            for row in rows:
-                i = self._series(row)
-                n = int(row[width])
-                totals[i] += n
-                series.append(i)
-                counts.append(n)
-                n_rows += n
-                checksum += int(row[width + 3] or 0)
-                top = row[width + 2]
-                if top is not None and top > highest:
-                    highest = int(top)
-                first = to_unix(row[width + 1])
-                key = self.keys[i]
-                od = (key[0], key[1])
-                if first is not None and od not in self.since and first < firsts.get(od, inf):
-                    firsts[od] = first
-            for od, first in firsts.items():
-                self.since.setdefault(od, first)
-        new_pairs = {od for od in ((k[0], k[1]) for k in self.keys[known:]) if od not in self.since}
+            series, values, n_rows, checksum = array("q"), array("q"), 0, 0
         if highest > self.highest:  # even with no rows here (another shard's, filtered out)
-            self.batches.append(_Batch(highest, now, fence, series, counts, n_rows, checksum))
+            self.batches.append(_Batch(highest, now, fence, series, values, n_rows, checksum))
         self.highest = highest
         self.collections += 1
-        return new_pairs
 
-    def add_since(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Counting-since for the pairs that have none yet: rows (org, direction, first_ts)."""
+    def add_since(self, rows: Iterable[Sequence[Any]], fallback: float) -> None:
+        """Counting-since for the pending pairs: rows (org, direction, first_ts) of the new
+        rows; a pair they do not show (its rows gone, or the query failed before) gets
+        ``fallback``, the time counting began for it."""
         firsts: dict[tuple[str, str], float] = {}
         for row in rows:
             od = (label_value(row[0]), label_value(row[1]))
             first = to_unix(row[2])
-            if od in self.since or first is None:
-                continue
-            if od not in firsts or first < firsts[od]:
+            if od in self.pending and first is not None and first < firsts.get(od, inf):
                 firsts[od] = first
-        for od, first in firsts.items():
-            self.since.setdefault(od, first)
+        for od in self.pending:
+            self.since.setdefault(od, firsts.get(od, fallback))
+        self.pending.clear()
 
     def _org(self, value: Any) -> str:
         text = self._orgs[value] = label_value(value)
@@ -334,6 +360,8 @@ class MessageCounter:
             self.index[key] = i
             self.totals.append(0)
             self.settled.append(0)
+            if (key[0], key[1]) not in self.since:
+                self.pending.add((key[0], key[1]))
         if raw != key:  # a label column that is not text
             self.index[raw] = i
         return i
@@ -355,10 +383,9 @@ class MessageCounter:
         to the totals and returned. Fewer means deletions, which change nothing. Either
         way the table's count becomes the new baseline.
         """
-        found: dict[int, int] = {}
-        for row in rows:
-            i = self._series(row)
-            found[i] = found.get(i, 0) + int(row[self.width])
+        fold = self._fold_full(rows)
+        found = fold.counts
+        self._first_seen(fold.firsts)
         added: dict[SeriesKey, int] = {}
         for i, settled in enumerate(self.settled):
             now = found.get(i, 0)

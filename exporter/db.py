@@ -129,8 +129,9 @@ def _sqlite_read_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:
 @contextmanager
 def read_only(db: Database, conn: Connection, repeatable: bool = False) -> Iterator[Connection]:
     """One read-only transaction bounded by the statement timeout; always rolled back.
-    ``repeatable``: every statement reads one snapshot (PostgreSQL REPEATABLE READ; MySQL's
-    default; SQLite reads one anyway)."""
+    ``repeatable``: on PostgreSQL every statement reads one snapshot (REPEATABLE READ; it
+    is MySQL's default too; pysqlite starts no transaction for reads, so there each
+    statement reads the newest data)."""
     with conn.begin() as tx:
         if db.dialect == "postgresql":
             level = "ISOLATION LEVEL REPEATABLE READ, " if repeatable else ""
@@ -174,6 +175,13 @@ def fetch(
         raise classify(db, query, exc) from None
 
 
+def _errors(db: Database) -> tuple[type[BaseException], ...]:
+    """What reading rows straight from the driver's cursor can raise: SQLAlchemy's errors
+    and the driver's own (SQLite's "interrupted" at the deadline, for one)."""
+    driver = getattr(db.engine.dialect, "loaded_dbapi", None)
+    return (SQLAlchemyError, driver.Error) if driver is not None else (SQLAlchemyError,)
+
+
 def stream(
     db: Database,
     conn: Connection,
@@ -186,10 +194,6 @@ def stream(
     tuples; to be read whole inside the transaction. A first count of 200,000 series
     held as one list of rows left the allocator with about 80 MB it never gave back;
     a few thousand at a time it is a few MB."""
-    driver_error = getattr(db.engine.dialect, "loaded_dbapi", None)
-    errors: tuple[type[BaseException], ...] = (SQLAlchemyError,)
-    if driver_error is not None:
-        errors += (driver_error.Error,)
     try:
         with _sqlite_deadline(conn, db.statement_timeout):
             result = conn.execute(text(sql), dict(params or {}))
@@ -198,7 +202,7 @@ def stream(
                     yield from chunk
             finally:
                 result.close()
-    except errors as exc:
+    except _errors(db) as exc:
         raise classify(db, query, exc) from None
 
 
@@ -214,7 +218,7 @@ def fetch_tuples(
                 return list(result.cursor.fetchall())
             finally:
                 result.close()
-    except SQLAlchemyError as exc:
+    except _errors(db) as exc:
         raise classify(db, query, exc) from None
 
 
@@ -258,21 +262,15 @@ class Probe:
         return not self.sees_all or self.oldest_start is None or self.oldest_start > fence.at
 
 
-PROBE_COLUMNS = (
-    "pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS probe_xmin, "
+PROBE_SQL = (
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
     "(SELECT min(xact_start) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-    " AND backend_type = 'client backend') AS probe_oldest, "
-    "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = '<insufficient privilege>') "
-    "AS probe_sees_all"
+    " AND backend_type = 'client backend'), "
+    "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = '<insufficient privilege>')"
 )
-"""A Probe, as three columns (see ``probe_of``)."""
 FENCE_COLUMNS = "pg_current_xact_id()::text::bigint AS fence_xid, clock_timestamp() AS fence_at"
 """A Fence, as two columns. pg_current_xact_id() gives this read-only transaction an xid
 (nothing is written): every xid assigned before it is lower."""
-
-
-def probe_of(row: Sequence[Any]) -> Probe:
-    return Probe(xmin=int(row[0]), oldest_start=row[1], sees_all=bool(row[2]))
 
 
 def fence_of(row: Sequence[Any]) -> Fence:
@@ -280,12 +278,14 @@ def fence_of(row: Sequence[Any]) -> Fence:
 
 
 def pg_probe(conn: Connection) -> Probe:
-    """Which transactions are still open, for settling the message watermark."""
-    return probe_of(conn.execute(text(f"SELECT {PROBE_COLUMNS}")).one())
+    """Which transactions are still open, for settling the message watermark. Taken before
+    (in a statement of its own) the snapshot that checks what settles."""
+    row = conn.execute(text(PROBE_SQL)).one()
+    return Probe(xmin=int(row[0]), oldest_start=row[1], sees_all=bool(row[2]))
 
 
-def pg_probe_fenced(sql: str) -> str:
-    """``sql`` (one row) with a Probe and a Fence in front: 5 columns, then its own. In one
-    REPEATABLE READ snapshot, the fence is taken after the snapshot every later statement
-    of the transaction reads, which is all a fence needs (see ``Fence``)."""
-    return f"SELECT {PROBE_COLUMNS}, {FENCE_COLUMNS}, inner_row.* FROM ({sql}) inner_row"
+def pg_fenced(sql: str) -> str:
+    """``sql`` (one row) with a Fence in front: 2 columns, then its own. Within one
+    REPEATABLE READ transaction the fence is taken after the snapshot that every statement
+    of it reads, which is all a fence needs (see ``Fence``)."""
+    return f"SELECT {FENCE_COLUMNS}, inner_row.* FROM ({sql}) inner_row"

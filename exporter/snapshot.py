@@ -200,7 +200,7 @@ class Store:
         scrape) and serve it."""
         snapshot = self._current
         now = time.monotonic()
-        wanted = [om for om, at in self._wanted.items() if now - at < WANTED_FOR]
+        wanted = [om for om, at in list(self._wanted.items()) if now - at < WANTED_FOR]
         for openmetrics in wanted or (True, False):
             snapshot.encoding(openmetrics)
         self._served = snapshot

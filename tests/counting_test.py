@@ -3,17 +3,24 @@ an id before their xid, deletions, restarts, and a randomized mix, on a real Pos
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from exporter.collection import Collection
+from exporter.config import Config, reference_mapping
+from exporter.counting import MessageCounter, Summary
+from exporter.errors import QueryError
+from exporter.mapping import build_specs
 from exporter.schema import metadata
 from tests.support.expo import in_process, served
 
@@ -393,3 +400,84 @@ def test_reconciliation_adds_what_the_increments_could_not_see(empty: Engine) ->
         assert (
             plain.health.registry.get_sample_value("convrs_exporter_messages_reconciled_total") == 1
         )
+
+
+def test_a_recount_lets_the_settled_batches_settle(monitoring: Collection, empty: Engine) -> None:
+    """A changed tail is recounted in two parts, so the batches that may settle do, even
+    while a younger one may not yet (merged, the watermark would wait for the youngest)."""
+    coll, _ = in_process(_url(empty), {"collection": {"settle_after": "2s"}})
+    with empty.begin() as conn:
+        for _ in range(3):
+            conn.execute(text(INSERT))
+    assert coll.run()  # batch 1: the first count
+    first = coll.counter.highest
+    time.sleep(1.0)
+    with empty.begin() as conn:
+        for _ in range(2):
+            conn.execute(text(INSERT))
+    assert coll.run()  # batch 2, a second younger
+    time.sleep(1.2)  # batch 1 may settle now, batch 2 not yet
+    with empty.begin() as conn:  # the tail changes: a row of batch 2 is deleted
+        conn.execute(text("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)"))
+    assert coll.run()
+    assert coll.counter.watermark == first
+    assert [b.rows for b in coll.counter.batches] == [1]  # batch 2 as it is now
+    assert total(coll) == 5
+    coll.db.close()
+
+
+def test_a_row_committed_between_the_summary_and_the_count_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite reads each statement's newest data: a row committed right after a summary that
+    saw nothing new is left to the next collection, not counted without a batch."""
+    url = f"sqlite:///{tmp_path / 'convrs.db'}"
+    writer = create_engine(url)
+    metadata.create_all(writer)
+    with writer.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A')"))
+        conn.execute(text(INSERT.replace(" RETURNING id", "")))
+    coll, _ = in_process(url, {"collection": {"settle_after": "1ms"}})
+    assert coll.run()
+
+    read = Summary.of
+
+    def sneak(row: Sequence[object]) -> Summary:
+        with writer.begin() as w:  # commits once the summary has been read
+            w.execute(text(INSERT.replace(" RETURNING id", "")))
+        return read(row)
+
+    monkeypatch.setattr(Summary, "of", sneak)
+    assert coll.run()  # the summary saw nothing above the highest key; the row came after
+    monkeypatch.setattr(Summary, "of", read)
+    for _ in range(2):
+        assert coll.run()
+    assert total(coll) == 2 == table_count(writer)
+    coll.db.close()
+    writer.dispose()
+
+
+def test_a_count_that_fails_part_way_applies_nothing() -> None:
+    """Rows are read into per-series counts first: a read that fails part-way (a statement
+    timeout, a lost connection) leaves the totals as they were."""
+    config = Config.model_validate(
+        {"database": {"url": "sqlite://"}, "mapping": reference_mapping()}
+    )
+    counter = MessageCounter(build_specs(config).messages, 0.0)
+    now = dt.datetime.now(dt.UTC)
+
+    def rows() -> Iterator[tuple[object, ...]]:
+        yield (1, "inbound", "sms", "user", 3, now, 3, 6)
+        raise QueryError("messages", "statement timeout (1s) exceeded")
+
+    with pytest.raises(QueryError):
+        counter.add_fresh(rows(), None, 0.0, None, full=True)
+    assert sum(counter.totals) == 0 and not counter.batches and not counter.ready
+    counter.add_fresh([(1, "inbound", "sms", "user", 4, now, 4, 10)], None, 0.0, None, True)
+    assert counter.totals_by_key() == {("1", "inbound", "sms", "user"): 4}
+    assert counter.since == {("1", "inbound"): now.timestamp()} and not counter.pending
+    # a new pair seen by a steady count waits for its counting-since; without one, now
+    counter.add_fresh([(2, "outbound", "sms", "bot", 1, 5)], 5, 1.0, None, full=False)
+    assert counter.pending == {("2", "outbound")}
+    counter.add_since([], fallback=1_800_000_000.0)
+    assert counter.since[("2", "outbound")] == 1_800_000_000.0 and not counter.pending

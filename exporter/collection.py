@@ -175,37 +175,32 @@ class Collection:
         def rows(sql: str, params: dict[str, int]) -> Iterable[Sequence[Any]]:
             return self._mine(stream(self.db, conn, spec.key, sql, params))
 
-        check = c.due(now)  # else no batch can settle: the summary reads no tail rows
         probe = None
-        if pg and check:
+        if pg and c.due(now):  # else no batch can settle by time: no need to ask
             # before the snapshot the tail is checked in: a transaction that has ended by
             # now is in that snapshot (within one statement, pg_stat_activity would be read
             # after the snapshot, and a commit in between would be in neither)
             with read_only(self.db, conn):
                 probe = pg_probe(conn)
+        settle = c.settle_to(now, probe)
         with read_only(self.db, conn, repeatable=True):
             fence = summary = None
             head = spec.summary_sql
             if pg:
                 head = pg_fenced(head or "SELECT 1 AS one")
             if head is not None:
-                params = {"after": c.watermark if check else c.highest, "seen": c.highest}
+                # the tail's part is the batches that settle now; none: an empty range
+                params = {"after": c.watermark, "seen": settle}
                 (row,) = fetch_tuples(self.db, conn, spec.key, head, params)
                 if pg:
                     fence, row = fence_of(row), row[2:]
                 if spec.summary_sql is not None:
                     summary = Summary.of(row)
             before = c.highest
-            if check:
-                settle = c.settle_to(now, probe)
-                if summary is None or not c.tail_matches(summary):
-                    low = {"after": c.watermark, "upto": settle}
-                    high = {"after": settle, "upto": c.highest}
-                    late = c.recount_tail(
-                        settle,
-                        rows(spec.sql, low) if settle > c.watermark else (),
-                        rows(spec.sql, high) if c.highest > settle else (),
-                    )
+            if settle > c.watermark:
+                if summary is None or not c.tail_matches(summary, settle):
+                    bounds = {"after": c.watermark, "upto": settle}
+                    late = c.recount_tail(settle, rows(spec.sql, bounds))
                     if late:
                         log.debug("late commits counted", extra={"messages": late})
                 c.settle(settle)
@@ -221,10 +216,10 @@ class Collection:
                 fresh = list(
                     self._mine(fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds))
                 )
-            c.add_fresh(fresh, upper, now, fence, full=full)
-            if c.pending:  # new (org, direction) pairs: when their first message was sent
+            pairs = c.add_fresh(fresh, upper, now, fence, full=full)
+            if pairs:  # new (org, direction) pairs: when their first message was sent
                 since = rows(spec.since_sql, {"after": before, "upto": c.highest})
-                c.add_since(since, self.clock())
+                c.add_since(since, pairs, self.clock())
         self.health.recounted.set(c.recounted)
         return MetricData(spec.key, (), now)  # the totals are read from the counter
 

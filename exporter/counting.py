@@ -1,27 +1,25 @@
 """Incremental message counting: per-series running totals past a settled watermark.
 
 Rows with a key at or below the watermark F were counted once and are final. Rows
-above it are the "tail": counted, but a transaction that took a lower id may still
-commit (ids are not committed in order), so the tail is checked again before it
-settles. Each collection costs the rows added since the last one (and the tail's, when
-it may settle), not the table:
+above it are the "tail": counted, in batches (the rows one collection counted), but a
+transaction that took a lower id may still commit (ids are not committed in order), so
+a batch is checked once more when it settles. Each collection costs the rows added
+since the last one (and those of the batches that settle), not the table:
 
-1. A one-row summary: the highest key and, when the oldest batch may settle by time,
-   how many tail rows there are now and a checksum of their keys (compared with what
-   was counted there).
-2. If the tail changed (a late commit, or a deletion), the tail is recounted per series;
-   a rise counts (committed late), a fall does not (deleted).
+1. A one-row summary: the highest key and, for the batches that settle now, how many
+   rows they hold now and a checksum of their keys (compared with what was counted).
+2. If those changed (a late commit, or a deletion), they are recounted per series; a
+   rise counts (committed late), a fall does not (deleted).
 3. One grouped count of the new rows only (up to that highest key): each moves its
    series' total at once.
 
 On PostgreSQL all three read one REPEATABLE READ snapshot, the fence is taken in the
 summary's statement (``db.pg_fenced``), and the probe of which transactions are still
 open in a statement before it (``db.pg_probe``). Elsewhere the statements may read newer
-data one after another; the counts stay exact (a late row makes the tail's check differ,
-so the tail is recounted). A batch (the rows
-one collection counted) settles once ``settle_after`` has passed and every transaction
-open when it was counted has ended (the xid fence, see ``db.Fence``); F then moves past
-it and its rows are final.
+data one after another; the counts stay exact (a late row makes the check differ, so
+the batch is recounted). A batch settles once ``settle_after`` has passed and every
+transaction open when it was counted has ended (the xid fence, see ``db.Fence``); F then
+moves past it and its rows are final.
 
 The exported total of a series only moves up. Deleted or archived messages lower the
 recount, never the total. After a restart the first collection counts the whole table,
@@ -185,9 +183,7 @@ class MessageCounter:
     # --- a collection ----------------------------------------------------------------
 
     def due(self, now: float) -> bool:
-        """Whether the oldest batch may settle now by time: only then is the tail checked
-        (late commits count by the time their batch settles, within ``settle_after``;
-        a fresh first count is not re-read every collection until then)."""
+        """Whether the oldest batch may settle now by time (else the probe is not needed)."""
         return bool(self.batches) and now - self.batches[0].at >= self.settle_after
 
     def settle_to(self, now: float, probe: Probe | None) -> int:
@@ -206,41 +202,37 @@ class MessageCounter:
             return True
         return probe is not None and probe.passed(batch.fence)
 
-    def tail_matches(self, summary: Summary) -> bool:
-        """Whether the tail holds exactly the rows counted there (no late commit, no delete)."""
-        rows = sum(b.rows for b in self.batches)
-        checksum = sum(b.checksum for b in self.batches)
+    def tail_matches(self, summary: Summary, settle: int) -> bool:
+        """Whether the batches that settle now (up to key ``settle``) still hold exactly the
+        rows counted there: no late commit, no delete."""
+        settling = [b for b in self.batches if b.upper <= settle]
+        rows = sum(b.rows for b in settling)
+        checksum = sum(b.checksum for b in settling)
         return (summary.tail_rows, summary.tail_checksum) == (rows, checksum)
 
-    def recount_tail(
-        self, settle: int, settling: Iterable[Sequence[Any]], rest: Iterable[Sequence[Any]]
-    ) -> int:
-        """Fold a per-series recount of the tail, in two parts: the keys up to ``settle``
-        (the batches that settle now) and those above (rows of the full shape: org,
-        labels..., n, first_ts, max_key, checksum). A rise over what was counted is a late
-        commit and is added; a fall is a deletion and changes nothing. Each part becomes
-        one batch of what is there now: the first settles now, the second with the newest
-        batch. Both parts are read before anything is applied. Returns the late rows."""
+    def recount_tail(self, settle: int, rows: Iterable[Sequence[Any]]) -> int:
+        """Fold a per-series recount of the batches that settle now, keys up to ``settle``
+        (rows of the full shape: org, labels..., n, first_ts, max_key, checksum). A rise
+        over what was counted is a late commit and is added; a fall is a deletion and
+        changes nothing. They become one batch of what is there now, for ``settle()``.
+        The rows are read whole before anything is applied. Returns the late rows."""
         low = [b for b in self.batches if b.upper <= settle]
-        high = [b for b in self.batches if b.upper > settle]
-        folded = [(low, self._fold_full(settling)), (high, self._fold_full(rest))]
+        if not low:
+            return 0
+        fold = self._fold_full(rows)
+        before: dict[int, int] = {}
+        for batch in low:
+            batch.by_series(before)
         late = 0
-        merged: list[_Batch] = []
-        for batches, fold in folded:
-            if not batches:
-                continue
-            before: dict[int, int] = {}
-            for batch in batches:
-                batch.by_series(before)
-            for i, n in fold.counts.items():
-                rise = n - before.get(i, 0)
-                if rise > 0:
-                    self.totals[i] += rise
-                    late += rise
-            newest = batches[-1]
-            merged.append(fold.batch(newest.upper, newest.at, newest.fence))
-            self._first_seen(fold.firsts)
-        self.batches = deque(merged)
+        for i, n in fold.counts.items():
+            rise = n - before.get(i, 0)
+            if rise > 0:
+                self.totals[i] += rise
+                late += rise
+        self._first_seen(fold.firsts)
+        newest = low[-1]
+        rest = [b for b in self.batches if b.upper > settle]
+        self.batches = deque([fold.batch(newest.upper, newest.at, newest.fence), *rest])
         self.late += late
         return late
 
@@ -288,12 +280,14 @@ class MessageCounter:
         now: float,
         fence: Fence | None,
         full: bool,
-    ) -> None:
+    ) -> set[tuple[str, str]]:
         """Fold the grouped count of the new rows, up to key ``upper``: rows (org, labels...,
         n, checksum) or, when ``full``, of the full shape (n, first_ts, max_key, checksum),
         whose highest key is read from the rows. Each row moves its series' total at once;
         together they become a batch. Nothing is applied until every row has been read.
-        Pairs seen for the first time without their counting-since are left in ``pending``."""
+        Returns the (org, direction) pairs seen here for the first time whose
+        counting-since is still to be read (``add_since``)."""
+        known = len(self.keys)
         width = self.width
         highest = self.highest if upper is None else max(self.highest, upper)
         if full:  # streamed: read whole into per-series counts, then applied
@@ -326,20 +320,24 @@ class MessageCounter:
             self.batches.append(_Batch(highest, now, fence, series, values, n_rows, checksum))
         self.highest = highest
         self.collections += 1
+        return {(k[0], k[1]) for k in self.keys[known:]} & self.pending
 
-    def add_since(self, rows: Iterable[Sequence[Any]], fallback: float) -> None:
-        """Counting-since for the pending pairs: rows (org, direction, first_ts) of the new
-        rows; a pair they do not show (its rows gone, or the query failed before) gets
-        ``fallback``, the time counting began for it."""
+    def add_since(
+        self, rows: Iterable[Sequence[Any]], pairs: set[tuple[str, str]], fallback: float
+    ) -> None:
+        """Counting-since for ``pairs`` (new in the latest count) from rows (org, direction,
+        first_ts) over that count's keys; a pair they do not show (its rows deleted since)
+        gets ``fallback``, the time counting began for it."""
         firsts: dict[tuple[str, str], float] = {}
         for row in rows:
             od = (label_value(row[0]), label_value(row[1]))
             first = to_unix(row[2])
             if od in self.pending and first is not None and first < firsts.get(od, inf):
                 firsts[od] = first
-        for od in self.pending:
-            self.since.setdefault(od, firsts.get(od, fallback))
-        self.pending.clear()
+        for od in pairs | set(firsts):
+            if od in self.pending:
+                self.since.setdefault(od, firsts.get(od, fallback))
+                self.pending.discard(od)
 
     def _org(self, value: Any) -> str:
         text = self._orgs[value] = label_value(value)

@@ -166,9 +166,10 @@ class Collection:
             return MetricData(spec.key, _sum_series(rows, 1 + len(spec.labels)), now)
 
     def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
-        """One snapshot (REPEATABLE READ on PostgreSQL): the summary, with the probe of which
-        batches settled and the fence for the new one; a recount of the tail if it changed;
-        the grouped count of the new rows (see counting.py)."""
+        """The probe of which batches settle (PostgreSQL, when one may), then one snapshot
+        (REPEATABLE READ on PostgreSQL): the summary with the fence for the new batch, a
+        recount of the settling batches if they changed, the grouped count of the new
+        rows (see counting.py)."""
         pg = self.db.dialect == "postgresql"
         c = self.counter
 
@@ -177,7 +178,7 @@ class Collection:
 
         probe = None
         if pg and c.due(now):  # else no batch can settle by time: no need to ask
-            # before the snapshot the tail is checked in: a transaction that has ended by
+            # before the snapshot the batches are checked in: a transaction that has ended by
             # now is in that snapshot (within one statement, pg_stat_activity would be read
             # after the snapshot, and a commit in between would be in neither)
             with read_only(self.db, conn):

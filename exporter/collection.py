@@ -319,7 +319,7 @@ class Collection:
                 fresh[spec.key] = _zero_fill(fresh[spec.key], spec, org_ids)
         messages = None
         if "messages" in fresh and self.counter.ready:
-            messages = self.counter.snapshot(fresh["messages"].collected_at)
+            messages = self.counter.snapshot()
         snap = Snapshot(
             metrics=MappingProxyType(fresh),
             taken_at=self.clock(),

@@ -116,9 +116,12 @@ class _Fold:
     top: int = FLOOR
     firsts: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    def columns(self) -> tuple[array[int], array[int]]:
+        """Series numbers and their counts, as a batch keeps them."""
+        return array("q", self.counts.keys()), array("q", self.counts.values())
+
     def batch(self, upper: int, at: float, fence: Fence | None) -> _Batch:
-        keys, values = array("q", self.counts.keys()), array("q", self.counts.values())
-        return _Batch(upper, at, fence, keys, values, self.rows, self.checksum)
+        return _Batch(upper, at, fence, *self.columns(), self.rows, self.checksum)
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,6 @@ class MessageCounter:
     since: dict[tuple[str, str], float] = field(default_factory=dict)
     """Counting-since per (org, direction): oldest message at first sight; never moves."""
     collections: int = 0
-    late: int = 0
-    """Rows found committed below the highest key after it was counted (all added)."""
     batches: deque[_Batch] = field(default_factory=deque)
     pending: set[tuple[str, str]] = field(default_factory=set)
     """(org, direction) pairs with series but no counting-since yet."""
@@ -233,7 +234,6 @@ class MessageCounter:
         newest = low[-1]
         rest = [b for b in self.batches if b.upper > settle]
         self.batches = deque([fold.batch(newest.upper, newest.at, newest.fence), *rest])
-        self.late += late
         return late
 
     def _fold_full(self, rows: Iterable[Sequence[Any]]) -> _Fold:
@@ -296,7 +296,7 @@ class MessageCounter:
                 self.totals[i] += n
             self._first_seen(fold.firsts)
             highest = max(highest, fold.top)
-            series, values = array("q", fold.counts.keys()), array("q", fold.counts.values())
+            series, values = fold.columns()
             n_rows, checksum = fold.rows, fold.checksum
         elif rows := list(rows):  # the steady state: thousands of rows, each touched once
             # column-wise, so that the per-row work runs in C: transpose, find each row's
@@ -339,13 +339,11 @@ class MessageCounter:
                 self.since.setdefault(od, firsts.get(od, fallback))
                 self.pending.discard(od)
 
-    def _org(self, value: Any) -> str:
-        text = self._orgs[value] = label_value(value)
-        return text
-
     def _series(self, row: Sequence[Any]) -> int:
         """The series number of a row, adding the series if it is new."""
-        org = row[0] if type(row[0]) is str else self._orgs.get(row[0]) or self._org(row[0])
+        org = row[0]
+        if type(org) is not str:  # remembered, so that a steady count finds it in _orgs
+            org = self._orgs.get(org) or self._orgs.setdefault(org, label_value(org))
         raw = (org, *row[1 : self.width])
         i = self.index.get(raw)
         if i is not None:
@@ -395,12 +393,10 @@ class MessageCounter:
 
     # --- reading ---------------------------------------------------------------------
 
-    def snapshot(self, collected_at: float) -> MessageTotals:
+    def snapshot(self) -> MessageTotals:
         if len(self._since_copy) != len(self.since):  # entries never change, only arrive
             self._since_copy = dict(self.since)
-        return MessageTotals(
-            self.keys, len(self.keys), array("q", self.totals), self._since_copy, collected_at
-        )
+        return MessageTotals(self.keys, len(self.keys), array("q", self.totals), self._since_copy)
 
     def totals_by_key(self) -> dict[SeriesKey, int]:
         return {key: t for key, t in zip(self.keys, self.totals, strict=True) if t > 0}

@@ -93,8 +93,6 @@ class MessageTotals:
     size: int
     totals: array[int]
     since: Mapping[tuple[str, str], float]
-    collected_at: float
-    """Monotonic time of the read (for staleness)."""
 
 
 @dataclass(frozen=True)

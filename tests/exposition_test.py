@@ -42,7 +42,7 @@ def snapshot(names: list[str], channels: list[str]) -> Snapshot:
         "organizations": MetricData("organizations", orgs, 0),
         "bots": MetricData("bots", bots, 0),
     }
-    return Snapshot(MappingProxyType(data), 0, MessageTotals(keys, len(keys), totals, since, 0))
+    return Snapshot(MappingProxyType(data), 0, MessageTotals(keys, len(keys), totals, since))
 
 
 def render(renderer: Renderer, snap: Snapshot) -> Rendered:

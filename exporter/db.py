@@ -1,4 +1,4 @@
-"""Database access: engine factory, read-only transactions with a statement timeout, fetch.
+"""Database access: engine factory, read-only transactions with a statement timeout, reads.
 
 The exporter never writes to the platform's database: every transaction is
 read-only (PostgreSQL ``SET TRANSACTION READ ONLY``, SQLite ``PRAGMA query_only``)
@@ -162,24 +162,28 @@ def _sqlite_deadline(conn: Connection, seconds: float) -> Iterator[None]:
         raw.set_progress_handler(None, 0)
 
 
-def fetch(
-    db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any] | None = None
-) -> tuple[list[str], list[Sequence[Any]]]:
-    """Run one statement; return column names and rows (as the driver's rows: sequences
-    that slice to tuples), or raise QueryError naming `query`."""
-    try:
-        with _sqlite_deadline(conn, db.statement_timeout):
-            result = conn.execute(text(sql), dict(params or {}))
-            return list(result.keys()), list(result.fetchall())
-    except SQLAlchemyError as exc:
-        raise classify(db, query, exc) from None
-
-
 def _errors(db: Database) -> tuple[type[BaseException], ...]:
     """What reading rows straight from the driver's cursor can raise: SQLAlchemy's errors
     and the driver's own (SQLite's "interrupted" at the deadline, for one)."""
     driver = getattr(db.engine.dialect, "loaded_dbapi", None)
     return (SQLAlchemyError, driver.Error) if driver is not None else (SQLAlchemyError,)
+
+
+@contextmanager
+def _cursor(
+    db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any] | None
+) -> Iterator[Any]:
+    """Run one statement; the driver's cursor to read its rows from (as the driver's own
+    tuples, without SQLAlchemy's row objects), or QueryError naming ``query``."""
+    try:
+        with _sqlite_deadline(conn, db.statement_timeout):
+            result = conn.execute(text(sql), dict(params or {}))
+            try:
+                yield result.cursor
+            finally:
+                result.close()
+    except _errors(db) as exc:
+        raise classify(db, query, exc) from None
 
 
 def stream(
@@ -190,36 +194,21 @@ def stream(
     params: Mapping[str, Any] | None = None,
     size: int = 5000,
 ) -> Iterator[Sequence[Any]]:
-    """Run one statement and yield its rows a few thousand at a time, as the driver's
-    tuples; to be read whole inside the transaction. A first count of 200,000 series
-    held as one list of rows left the allocator with about 80 MB it never gave back;
-    a few thousand at a time it is a few MB."""
-    try:
-        with _sqlite_deadline(conn, db.statement_timeout):
-            result = conn.execute(text(sql), dict(params or {}))
-            try:
-                while chunk := result.cursor.fetchmany(size):
-                    yield from chunk
-            finally:
-                result.close()
-    except _errors(db) as exc:
-        raise classify(db, query, exc) from None
+    """One statement's rows, read a few thousand at a time; to be read whole inside the
+    transaction. A first count of 200,000 series held as one list of rows left the
+    allocator with about 80 MB it never gave back; a few thousand at a time it is a few MB."""
+    with _cursor(db, conn, query, sql, params) as cursor:
+        while chunk := cursor.fetchmany(size):
+            yield from chunk
 
 
 def fetch_tuples(
-    db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any]
+    db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any] | None = None
 ) -> list[Sequence[Any]]:
-    """All rows at once as the driver's own tuples, without SQLAlchemy's row objects
-    (a steady count's few thousand rows, which the counter folds column by column)."""
-    try:
-        with _sqlite_deadline(conn, db.statement_timeout):
-            result = conn.execute(text(sql), dict(params))
-            try:
-                return list(result.cursor.fetchall())
-            finally:
-                result.close()
-    except _errors(db) as exc:
-        raise classify(db, query, exc) from None
+    """One statement's rows, all at once (a steady count's few thousand rows, which the
+    counter folds column by column)."""
+    with _cursor(db, conn, query, sql, params) as cursor:
+        return list(cursor.fetchall())
 
 
 def classify(db: Database, query: str, exc: BaseException) -> QueryError:
@@ -236,10 +225,10 @@ def classify(db: Database, query: str, exc: BaseException) -> QueryError:
 
 @dataclass(frozen=True)
 class Fence:
-    """Taken on PostgreSQL right after a count: an xid above every xid assigned so far, and
-    the database's clock. Every transaction that could still hold an uncommitted key at or
-    below the count's highest key started before ``at``, and has an xid below ``xid``
-    if it has one yet."""
+    """Taken on PostgreSQL after the snapshot a count reads: an xid above every xid assigned
+    so far, and the database's clock. Every transaction that could still hold an
+    uncommitted key at or below the count's highest key started before ``at``, and has an
+    xid below ``xid`` if it has one yet."""
 
     xid: int
     at: dt.datetime

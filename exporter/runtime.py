@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import logsetup
 from .collection import Collection
 from .config import Config
-from .db import Database, classify, connect, fetch, read_only
+from .db import Database, classify, connect, fetch_tuples, read_only
 from .demo import Trickle
 from .errors import ConfigError, QueryError
 from .exposition import Health, ThresholdCollector
@@ -45,7 +45,8 @@ def check_mapping(db: Database, specs: Specs) -> None:
                 for statement in statements:
                     sql = f"SELECT * FROM ({statement}) probe WHERE 1 = 0"
                     with read_only(db, conn):
-                        fetch(db, conn, spec.key, sql, {"after": 0, "upto": 0, "seen": 0})
+                        params = {"after": 0, "upto": 0, "seen": 0}
+                        fetch_tuples(db, conn, spec.key, sql, params)
     except QueryError as exc:
         raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
     except SQLAlchemyError as exc:

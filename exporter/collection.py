@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -96,10 +96,13 @@ class Collection:
         """A collection, then the render step that serves its snapshot (the scheduler's job:
         one worker, so renders never overlap collections)."""
         ok = self.run(keys)
+        self._render()
+        return ok
+
+    def _render(self) -> None:
         started = time.perf_counter()
         self.store.render()
         self.health.render_duration.set(time.perf_counter() - started)
-        return ok
 
     def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
         errors: dict[str, QueryError] = {}
@@ -254,7 +257,7 @@ class Collection:
     def reconcile_and_render(self) -> int:
         found = self.reconcile()
         if found:
-            self.store.render()
+            self._render()
         return found
 
     def _mine(self, rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
@@ -320,13 +323,13 @@ class Collection:
         messages = None
         if "messages" in fresh and self.counter.ready:
             messages = self.counter.snapshot()
-        snap = Snapshot(
+        return Snapshot(
             metrics=MappingProxyType(fresh),
             taken_at=self.clock(),
             messages=messages,
             complete=self._all_ok() and self.counter.ready,
+            render=partial(self.renderer.render, self.specs),
         )
-        return replace(snap, encodings=self.renderer.encodings(self.specs, snap))
 
 
 def _sum_series(rows: Iterable[Sequence[Any]], width: int) -> tuple[Series, ...]:

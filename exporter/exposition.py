@@ -34,7 +34,7 @@ from .mapping import (
     SINCE_METRIC,
     Specs,
 )
-from .snapshot import Encodings, GzipPrefix, MessageTotals, Series, Snapshot
+from .snapshot import GzipPrefix, MessageTotals, Series, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -171,10 +171,6 @@ class Renderer:
             line_fmt = f"{fam.name}{{{labels}}} %s\n"
             out.extend(line_fmt % (*map(esc, s.labels), fmt(s.value)) for s in fam.series)
         return out.close()
-
-    def encodings(self, specs: Specs, snapshot: Snapshot) -> Encodings:
-        """Renders the snapshot's formats on demand, at most once each."""
-        return Encodings(lambda openmetrics: self.render(specs, snapshot, openmetrics))
 
 
 class _Formatted(dict[float | None, str]):

@@ -117,20 +117,18 @@ class Encodings:
     for: by the render step that follows a collection, or by the first scrape that wants a
     format nobody asked for before. Concurrent askers wait for the one render."""
 
-    def __init__(self, render: Callable[[bool], GzipPrefix] | None = None) -> None:
-        self._render = render
+    def __init__(self) -> None:
         self._done: dict[bool, GzipPrefix] = {}
         self._lock = threading.Lock()
 
-    def get(self, openmetrics: bool) -> GzipPrefix:
+    def get(self, openmetrics: bool, render: Callable[[bool], GzipPrefix]) -> GzipPrefix:
         done = self._done.get(openmetrics)
         if done is not None:
             return done
         with self._lock:
             done = self._done.get(openmetrics)
             if done is None:
-                done = self._render(openmetrics) if self._render else GzipPrefix.of(b"")
-                self._done[openmetrics] = done
+                done = self._done[openmetrics] = render(openmetrics)
             return done
 
 
@@ -142,10 +140,15 @@ class Snapshot:
     """None before the first count, or when the message counts are stale."""
     complete: bool = False
     """Every query's latest run succeeded and the whole table has been counted."""
-    encodings: Encodings = field(default_factory=Encodings, compare=False)
+    render: Callable[[Snapshot, bool], GzipPrefix] | None = field(default=None, compare=False)
+    """Renders one format of a snapshot (None: an empty data part)."""
+    encodings: Encodings = field(default_factory=Encodings, init=False, compare=False)
 
     def encoding(self, openmetrics: bool) -> GzipPrefix:
-        return self.encodings.get(openmetrics)
+        return self.encodings.get(openmetrics, self._render)
+
+    def _render(self, openmetrics: bool) -> GzipPrefix:
+        return self.render(self, openmetrics) if self.render else GzipPrefix.of(b"")
 
     @property
     def rendered(self) -> Rendered:

@@ -15,7 +15,6 @@ from exporter.config import load_config
 from exporter.exposition import Renderer, format_value
 from exporter.mapping import build_specs
 from exporter.snapshot import (
-    Encodings,
     GzipPrefix,
     MessageTotals,
     MetricData,
@@ -46,8 +45,7 @@ def snapshot(names: list[str], channels: list[str]) -> Snapshot:
 
 
 def render(renderer: Renderer, snap: Snapshot) -> Rendered:
-    encodings = renderer.encodings(SPECS, snap)
-    return Rendered(encodings.get(False), encodings.get(True))
+    return Rendered(renderer.render(SPECS, snap, False), renderer.render(SPECS, snap, True))
 
 
 @settings(max_examples=200, deadline=None)
@@ -105,14 +103,12 @@ def test_the_render_step_renders_the_formats_scraped_lately_and_serves_once_done
     renders: list[bool] = []
     renderer = Renderer()
 
+    def counted(snap: Snapshot, openmetrics: bool) -> GzipPrefix:
+        renders.append(openmetrics)
+        return renderer.render(SPECS, snap, openmetrics)
+
     def published(complete: bool, names: list[str]) -> Snapshot:
-        snap = replace(snapshot(names, ["sms"]), complete=complete)
-
-        def render(openmetrics: bool) -> GzipPrefix:
-            renders.append(openmetrics)
-            return renderer.render(SPECS, snap, openmetrics)
-
-        return replace(snap, encodings=Encodings(render))
+        return replace(snapshot(names, ["sms"]), complete=complete, render=counted)
 
     store = Store()
     store.publish(published(False, ["a"]))

@@ -22,58 +22,36 @@ from tests.support.procs import Exporter, Prometheus, http_get, wait_until
 PASSWORD = "correct horse battery staple"  # noqa: S105 - the test's own
 
 
+def openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=cwd)
+
+
+def signed(tmp: Path, name: str, cn: str, *extra: str) -> tuple[Path, Path]:
+    """A key and a certificate for ``cn`` (``<name>.key``, ``<name>.crt``) signed by the CA
+    that ``make_certs`` made in ``tmp``."""
+    openssl(
+        tmp,
+        *("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}"),
+        *("-keyout", f"{name}.key", "-out", f"{name}.csr"),
+    )
+    openssl(
+        tmp,
+        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+        *("-CAcreateserial", "-days", "2", *extra, "-out", f"{name}.crt"),
+    )
+    return tmp / f"{name}.crt", tmp / f"{name}.key"
+
+
 def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 signed by it."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp)
-
     openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
+        tmp,
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+        *("-subj", "/CN=test ca", "-keyout", "ca.key", "-out", "ca.crt"),
     )
     (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.crt",
-    )
-    return tmp / "ca.crt", tmp / "server.crt", tmp / "server.key"
+    cert, key = signed(tmp, "server", "127.0.0.1", "-extfile", "san.ext")
+    return tmp / "ca.crt", cert, key
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -182,45 +160,7 @@ def test_example_web_config_hash_is_real() -> None:
 
 def test_mutual_tls_and_open_probe_paths(seeded: Engine, tmp: Path) -> None:
     ca, cert, key = make_certs(tmp)
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=scraper",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp,
-    )
-    subprocess.run(
-        [
-            "openssl",
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            "client.crt",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp,
-    )
+    client = signed(tmp, "client", "scraper")
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
     web = {
         "tls_server_config": {
@@ -234,7 +174,7 @@ def test_mutual_tls_and_open_probe_paths(seeded: Engine, tmp: Path) -> None:
         "unauthenticated_paths": ["/healthz"],
     }
     exp = https_exporter(seeded, tmp, web, ca)
-    exp.context.load_cert_chain(tmp / "client.crt", tmp / "client.key")
+    exp.context.load_cert_chain(*client)
     exp.start()
     try:
         assert parse(exp.metrics())["convrs_flows"] == pg.reference_counts(seeded)["convrs_flows"]
@@ -244,7 +184,7 @@ def test_mutual_tls_and_open_probe_paths(seeded: Engine, tmp: Path) -> None:
         with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
             http_get(exp.url + "/healthz", context=no_cert, timeout=5)
         tls12 = ssl.create_default_context(cafile=str(ca))
-        tls12.load_cert_chain(tmp / "client.crt", tmp / "client.key")
+        tls12.load_cert_chain(*client)
         tls12.maximum_version = ssl.TLSVersion.TLSv1_2
         with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
             http_get(exp.url + "/healthz", context=tls12, timeout=5)  # below min_version

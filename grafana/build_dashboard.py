@@ -279,45 +279,38 @@ def build() -> dict[str, Any]:
                     "hide": 0,
                     "refresh": 1,
                 },
-                {
-                    "name": "job",
-                    "label": "Job",
-                    "type": "query",
-                    "datasource": DS,
-                    "query": {"query": "label_values(convrs_up, job)", "refId": "job"},
-                    "definition": "label_values(convrs_up, job)",
-                    "refresh": 2,
-                    "multi": True,
-                    "includeAll": True,
-                    "allValue": ".*",
-                    "current": {},
-                    "hide": 0,
-                    "sort": 1,
-                },
-                {
-                    "name": "org",
-                    "label": "Organization",
-                    "type": "query",
-                    "datasource": DS,
-                    "query": {
-                        "query": 'query_result(convrs_org_info{job=~"$job"})',
-                        "refId": "org",
-                    },
-                    "definition": 'query_result(convrs_org_info{job=~"$job"})',
+                _query_variable("job", "Job", "label_values(convrs_up, job)"),
+                _query_variable(
+                    "org",
+                    "Organization",
+                    'query_result(convrs_org_info{job=~"$job"})',
                     # text = the name, value = the org id. Grafana's query_result prints
                     # label values raw (quotes, newlines) and sorted, org last: match greedily
-                    "regex": r'/name="(?<text>.*)",org="(?<value>[^"]*)"\}/s',
-                    "refresh": 2,
-                    "multi": True,
-                    "includeAll": True,
-                    "allValue": ".*",
-                    "current": {},
-                    "hide": 0,
-                    "sort": 1,
-                },
+                    regex=r'/name="(?<text>.*)",org="(?<value>[^"]*)"\}/s',
+                ),
             ]
         },
         "panels": lay.panels,
+    }
+
+
+def _query_variable(name: str, label: str, query: str, **extra: str) -> dict[str, Any]:
+    """A multi-value template variable from a Prometheus query, with All matching any."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        **extra,
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {},
+        "hide": 0,
+        "sort": 1,
     }
 
 

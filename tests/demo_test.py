@@ -54,23 +54,21 @@ def test_demo_seed_command_is_idempotent(pg_url: str) -> None:
     from tests.support import pg
 
     env = {"PATH": "/usr/bin:/bin", "CONVRS_EXPORTER_DATABASE_URL": pg_url}
-    first = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "--demo.seed"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+
+    def seed() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "--demo.seed"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    first = seed()
     assert first.returncode == 0 and "seeded 6 organizations, 19130 messages" in first.stdout
     engine = pg.engine(pg_url)
     counts = pg.reference_counts(engine)
-    second = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "--demo.seed"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    second = seed()
     assert second.returncode == 0 and "not seeding" in second.stdout
     assert pg.reference_counts(engine) == counts
     engine.dispose()

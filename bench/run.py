@@ -38,10 +38,12 @@ from bench_procs import (
     series_count,
     wait_until,
 )
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql
 
 from exporter.collection import Collection
 from exporter.config import Config, reference_mapping
+from exporter.counting import FLOOR
 from exporter.db import connect
 from exporter.exposition import Health
 from exporter.mapping import build_specs
@@ -151,8 +153,22 @@ class CountResult:
     full: Timing
     steady: Timing
     exact: bool
+    floor: Floor
     qe_query: float | None = None
     """query-exporter's mean query latency: a full GROUP BY every collection."""
+
+
+@dataclass
+class Floor:
+    """The database's own time (EXPLAIN ANALYZE, server side: no client, no transfer) for
+    the statements of a steady collection and for the full count they replace: what any
+    exporter that counts with a GROUP BY in the database cannot go below."""
+
+    steady: float
+    """The summary (it re-reads the batch that settles) plus the grouped count of the
+    new rows; median of five."""
+    full: float
+    """The full-shape GROUP BY over the whole table; the faster of two."""
 
 
 class Counting:
@@ -233,6 +249,39 @@ def describe_timing(t: Timing) -> str:
     )
 
 
+def explain_seconds(conn: Any, sql: str, params: dict[str, int]) -> float:
+    """Server-side execution time of one statement, its bound values inlined as literals
+    (as the exporter's first executions of a statement are planned for its values)."""
+    named = postgresql.dialect(paramstyle="named")  # no %-escaping: run as it prints
+    literal = (
+        text(sql)
+        .bindparams(**params)
+        .compile(dialect=named, compile_kwargs={"literal_binds": True})
+    )
+    row = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {literal}").fetchone()
+    return float(row[0][0]["Execution Time"]) / 1000
+
+
+def measure_floor(conn: Any, counting: Counting) -> Floor:
+    """The database floor of the steady state, on the collection's own statements: one more
+    batch of new messages, checked and counted as the next collection would."""
+    spec = counting.collection.specs.messages
+    assert spec.summary_sql is not None
+    (before,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    data.add_messages(conn, NEW_MESSAGES, COUNT_ORGS, COUNT_CHANNELS)
+    (upper,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    settling = {"after": before - NEW_MESSAGES, "seen": before}
+    fresh = {"after": before, "upto": upper}
+    steady = statistics.median(
+        explain_seconds(conn, spec.summary_sql, settling)
+        + explain_seconds(conn, spec.counts_sql, fresh)
+        for _ in range(5)
+    )
+    whole = {"after": FLOOR, "upto": upper}
+    full = min(explain_seconds(conn, spec.sql, whole) for _ in range(2))
+    return Floor(steady, full)
+
+
 def measure_counting(size: int) -> CountResult:
     url = data.url(COUNT_DB)
     fulls: list[Timing] = []
@@ -255,9 +304,11 @@ def measure_counting(size: int) -> CountResult:
             log(f"  +{NEW_MESSAGES:,} messages, collection {i + 1}: {describe_timing(t)}")
         total = sum(counting.collection.counter.totals_by_key().values())
         exact = total == data.count_messages(conn)
+        floor = measure_floor(conn, counting)
+        log(f"  database alone: steady {ms(floor.steady)}, full {ms(floor.full)}")
     counting.close()
     full = min(fulls, key=lambda t: t.wall)
-    return CountResult(size, full, median_timing(steady), exact)
+    return CountResult(size, full, median_timing(steady), exact, floor)
 
 
 def qe_counting(tmp: Path, full_wall: float) -> float:
@@ -633,6 +684,17 @@ def counting_rows(results: list[CountResult]) -> list[Row]:
                 f"(SQL: {verdict(r.steady.sql * 100 <= r.full.sql)})"
                 if last
                 else "",
+            )
+        )
+        rows.append(
+            (
+                f"{s} msgs: database alone, steady / full",
+                f"{fraction(r.floor.steady, r.floor.full)} "
+                f"({ms(r.floor.steady)} / {ms(r.floor.full)})",
+                "",
+                "",
+                "",
+                "(what any design must add to)" if last else "",
             )
         )
         rows.append(

@@ -34,7 +34,7 @@ from .db import (
 from .errors import QueryError
 from .exposition import Health, Renderer
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
-from .memory import freeze_heap, trim_heap
+from .memory import FULL_COLLECTION_EVERY, freeze_heap, full_collection, trim_heap
 from .snapshot import MetricData, Series, Snapshot, Store
 
 log = logging.getLogger("convrs_exporter.collection")
@@ -71,8 +71,9 @@ class Collection:
         self._ok: dict[str, bool] = {}
         self._failing: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._frozen = False
-        """Whether the long-lived state was moved out of the cyclic collector's reach."""
+        self._full_gc_at: float | None = None
+        """When the long-lived state was frozen out of the cyclic collector's reach, or last
+        fully collected since (monotonic); None before the first count."""
 
     # --- running -----------------------------------------------------------
 
@@ -86,11 +87,21 @@ class Collection:
             elapsed = time.perf_counter() - started
             self._report(specs, errors, elapsed)
             self.store.publish(self.snapshot())
-            if self.counter.ready and not self._frozen:
-                freeze_heap()  # the first count built the state that lives from now on
-                self._frozen = True
-            trim_heap()
+            self._tend_heap()
             return not errors
+
+    def _tend_heap(self) -> None:
+        """After a collection: freeze the heap once the first count built the state that
+        lives from now on; from then on, a full cyclic collection every hour (memory.py)."""
+        now = self.monotonic()
+        if self._full_gc_at is None:
+            if self.counter.ready:
+                freeze_heap()
+                self._full_gc_at = now
+        elif now - self._full_gc_at >= FULL_COLLECTION_EVERY:
+            full_collection()
+            self._full_gc_at = now
+        trim_heap()
 
     def run_and_render(self, keys: Iterable[str] | None = None) -> bool:
         """A collection, then the render step that serves its snapshot (the scheduler's job:

@@ -7,6 +7,7 @@ import gc
 import pytest
 from sqlalchemy import Engine, text
 
+from exporter.memory import DEFAULT_FULL_THRESHOLD, FULL_COLLECTION_EVERY, thaw_heap
 from tests.support import pg
 from tests.support.expo import in_process, served
 
@@ -27,6 +28,39 @@ def test_every_series_equals_sql(seeded: Engine) -> None:
     assert collection.store.ready.is_set()
     assert gc.get_freeze_count() > 0  # the first count's state is out of the collector's way
     collection.db.close()
+
+
+def test_full_cyclic_collections_run_hourly_not_when_the_collector_wants(seeded: Engine) -> None:
+    """After the first count the collector no longer starts full collections by itself (they
+    held the GIL for up to 120 ms, several times per collection, at 290,000 series); the
+    collection runs one every FULL_COLLECTION_EVERY instead, and a reload's thaw gives the
+    collector back its own."""
+    collection, _ = in_process(_url(seeded))
+    clock = [1000.0]
+    collection.monotonic = lambda: clock[0]
+    full: list[float] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(clock[0])
+
+    gc.callbacks.append(watch)
+    try:
+        assert collection.run()  # the first count: freezes, after one full collection
+        assert gc.get_threshold()[2] > 10**6
+        assert full == [1000.0]
+        clock[0] += FULL_COLLECTION_EVERY - 1
+        assert collection.run()
+        assert full == [1000.0]  # not yet due; and none started by the collector itself
+        clock[0] += 1
+        assert collection.run()
+        assert full == [1000.0, 1000.0 + FULL_COLLECTION_EVERY]
+        assert gc.get_threshold()[2] > 10**6
+    finally:
+        gc.callbacks.remove(watch)
+        thaw_heap()
+        collection.db.close()
+    assert gc.get_threshold()[2] == DEFAULT_FULL_THRESHOLD
 
 
 def test_new_rows_appear_and_deletes_never_lower_the_counter(seeded: Engine) -> None:

@@ -48,13 +48,14 @@ def test_full_cyclic_collections_run_hourly_not_when_the_collector_wants(seeded:
     try:
         assert collection.run()  # the first count: freezes, after one full collection
         assert gc.get_threshold()[2] > 10**6
-        assert full == [1000.0]
+        assert full and full[-1] == 1000.0  # (the collector may have run some before it)
+        full.clear()
         clock[0] += FULL_COLLECTION_EVERY - 1
         assert collection.run()
-        assert full == [1000.0]  # not yet due; and none started by the collector itself
+        assert full == []  # not yet due; and none started by the collector itself
         clock[0] += 1
         assert collection.run()
-        assert full == [1000.0, 1000.0 + FULL_COLLECTION_EVERY]
+        assert full == [1000.0 + FULL_COLLECTION_EVERY]
         assert gc.get_threshold()[2] > 10**6
     finally:
         gc.callbacks.remove(watch)

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import Engine
 
 from exporter import demo
+from exporter.memory import thaw_heap
 from tests.support import pg
 
 SMALL_ORGS = (
@@ -15,6 +16,14 @@ SMALL_ORGS = (
     ("Back\\slash\nLabs", 120),
     ("Tiny", 20),
 )
+
+
+@pytest.fixture(autouse=True)
+def _gc_as_found() -> Iterator[None]:
+    """A collection's first count freezes the heap and stops automatic full GC runs for the
+    process (memory.py); each test gets the collector back as it was."""
+    yield
+    thaw_heap()
 
 
 @pytest.fixture

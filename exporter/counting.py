@@ -206,7 +206,7 @@ class MessageCounter:
     def tail_matches(self, summary: Summary, settle: int) -> bool:
         """Whether the batches that settle now (up to key ``settle``) still hold exactly the
         rows counted there: no late commit, no delete."""
-        settling = [b for b in self.batches if b.upper <= settle]
+        settling = self._settling(settle)
         rows = sum(b.rows for b in settling)
         checksum = sum(b.checksum for b in settling)
         return (summary.tail_rows, summary.tail_checksum) == (rows, checksum)
@@ -217,7 +217,7 @@ class MessageCounter:
         over what was counted is a late commit and is added; a fall is a deletion and
         changes nothing. They become one batch of what is there now, for ``settle()``.
         The rows are read whole before anything is applied. Returns the late rows."""
-        low = [b for b in self.batches if b.upper <= settle]
+        low = self._settling(settle)
         if not low:
             return 0
         fold = self._fold_full(rows)
@@ -236,6 +236,10 @@ class MessageCounter:
         self.batches = deque([fold.batch(newest.upper, newest.at, newest.fence), *rest])
         return late
 
+    def _settling(self, settle: int) -> list[_Batch]:
+        """The batches at or below key ``settle``: those that settle now."""
+        return [b for b in self.batches if b.upper <= settle]
+
     def _fold_full(self, rows: Iterable[Sequence[Any]]) -> _Fold:
         """Full-shape rows, read one at a time, into per-series counts (nothing applied)."""
         width = self.width
@@ -251,12 +255,15 @@ class MessageCounter:
             if top is not None and top > fold.top:
                 fold.top = int(top)
             key = self.keys[i]
-            od = (key[0], key[1])
-            if od in self.pending:
-                first = to_unix(row[width + 1])
-                if first is not None and first < firsts.get(od, inf):
-                    firsts[od] = first
+            self._earliest(firsts, (key[0], key[1]), row[width + 1])
         return fold
+
+    def _earliest(self, firsts: dict[tuple[str, str], float], od: tuple[str, str], ts: Any) -> None:
+        """Keep in ``firsts`` the oldest first-message time of a pair still pending."""
+        if od in self.pending:
+            first = to_unix(ts)
+            if first is not None and first < firsts.get(od, inf):
+                firsts[od] = first
 
     def _first_seen(self, firsts: dict[tuple[str, str], float]) -> None:
         for od, first in firsts.items():
@@ -330,14 +337,8 @@ class MessageCounter:
         gets ``fallback``, the time counting began for it."""
         firsts: dict[tuple[str, str], float] = {}
         for row in rows:
-            od = (label_value(row[0]), label_value(row[1]))
-            first = to_unix(row[2])
-            if od in self.pending and first is not None and first < firsts.get(od, inf):
-                firsts[od] = first
-        for od in pairs | set(firsts):
-            if od in self.pending:
-                self.since.setdefault(od, firsts.get(od, fallback))
-                self.pending.discard(od)
+            self._earliest(firsts, (label_value(row[0]), label_value(row[1])), row[2])
+        self._first_seen({**dict.fromkeys(pairs, fallback), **firsts})
 
     def _series(self, row: Sequence[Any]) -> int:
         """The series number of a row, adding the series if it is new."""

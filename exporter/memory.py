@@ -58,8 +58,7 @@ def freeze_heap() -> None:
     1); ``full_collection`` runs the rest at a time of our choosing."""
     gc.collect()
     gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, _NEVER)
+    _full_threshold(_NEVER)
 
 
 def full_collection() -> None:
@@ -73,5 +72,10 @@ def thaw_heap() -> None:
     start full collections by itself again, so that the old state's cycles are collected,
     not kept. The new state's first count freezes again."""
     gc.unfreeze()
+    _full_threshold(DEFAULT_FULL_THRESHOLD)
+
+
+def _full_threshold(threshold: int) -> None:
+    """Set the generation-2 threshold, keeping those of the young generations."""
     young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, DEFAULT_FULL_THRESHOLD)
+    gc.set_threshold(young, middle, threshold)

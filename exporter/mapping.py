@@ -41,6 +41,9 @@ class GaugeSpec:
     sql: str
     interval: float
 
+    def statements(self) -> tuple[str, ...]:
+        return (self.sql,)
+
 
 @dataclass(frozen=True)
 class OrgSpec:
@@ -49,6 +52,9 @@ class OrgSpec:
     key: str
     sql: str
     interval: float
+
+    def statements(self) -> tuple[str, ...]:
+        return (self.sql,)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .demo import Trickle
 from .errors import ConfigError, QueryError
 from .exposition import Health, ThresholdCollector
 from .http import App, Server
-from .mapping import MessagesSpec, Specs, build_specs
+from .mapping import Specs, build_specs
 from .memory import thaw_heap
 from .scheduler import Schedule
 from .snapshot import Store
@@ -41,8 +41,7 @@ def check_mapping(db: Database, specs: Specs) -> None:
     try:
         with db.engine.connect() as conn:
             for spec in specs.all():
-                statements = spec.statements() if isinstance(spec, MessagesSpec) else (spec.sql,)
-                for statement in statements:
+                for statement in spec.statements():
                     sql = f"SELECT * FROM ({statement}) probe WHERE 1 = 0"
                     with read_only(db, conn):
                         params = {"after": 0, "upto": 0, "seen": 0}

@@ -169,6 +169,12 @@ def add_messages(conn: psycopg.Connection, n: int, orgs: int, channels: int) -> 
     )
 
 
+def max_id(conn: psycopg.Connection) -> int:
+    """The highest message id (0 for an empty table)."""
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+    return int(row[0]) if row else 0
+
+
 def count_messages(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT count(*) FROM messages").fetchone()
     return int(row[0]) if row else 0

@@ -267,9 +267,9 @@ def measure_floor(conn: Any, counting: Counting) -> Floor:
     batch of new messages, checked and counted as the next collection would."""
     spec = counting.collection.specs.messages
     assert spec.summary_sql is not None
-    (before,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    before = data.max_id(conn)
     data.add_messages(conn, NEW_MESSAGES, COUNT_ORGS, COUNT_CHANNELS)
-    (upper,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    upper = data.max_id(conn)
     settling = {"after": before - NEW_MESSAGES, "seen": before}
     fresh = {"after": before, "upto": upper}
     steady = statistics.median(
@@ -347,8 +347,7 @@ def counting_part(args: argparse.Namespace, tmp: Path) -> list[CountResult]:
                 have = data.count_messages(conn)
                 if size > have:
                     log(f"counting: growing messages to {size_label(size)}")
-                    row = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
-                    first = int(row[0]) + 1 if row else 1
+                    first = data.max_id(conn) + 1
                     data.fill_messages(
                         conn, first, first + size - have - 1, COUNT_ORGS, COUNT_CHANNELS
                     )

@@ -34,7 +34,7 @@ from .db import (
 from .errors import QueryError
 from .exposition import Health, Renderer
 from .mapping import GaugeSpec, MessagesSpec, OrgSpec, Spec, Specs
-from .memory import FULL_COLLECTION_EVERY, freeze_heap, full_collection, trim_heap
+from .memory import FULL_COLLECTION_EVERY, freeze_heap, full_collection, gc_paused, trim_heap
 from .snapshot import MetricData, Series, Snapshot, Store
 
 log = logging.getLogger("convrs_exporter.collection")
@@ -82,11 +82,12 @@ class Collection:
         wanted = set(keys) if keys is not None else None
         specs = [s for s in self.specs.all() if wanted is None or s.key in wanted]
         with self._lock:  # the scheduler never overlaps runs; this guards direct callers
-            started = time.perf_counter()
-            errors = self._run_specs(specs)
-            elapsed = time.perf_counter() - started
-            self._report(specs, errors, elapsed)
-            self.store.publish(self.snapshot())
+            with gc_paused():
+                started = time.perf_counter()
+                errors = self._run_specs(specs)
+                elapsed = time.perf_counter() - started
+                self._report(specs, errors, elapsed)
+                self.store.publish(self.snapshot())
             self._tend_heap()
             return not errors
 
@@ -247,7 +248,7 @@ class Collection:
                 return 0
             spec = self.specs.messages
             try:
-                with self.db.engine.connect() as conn, read_only(self.db, conn):
+                with gc_paused(), self.db.engine.connect() as conn, read_only(self.db, conn):
                     rows = stream(self.db, conn, spec.key, spec.sql, params)
                     added = self.counter.reconcile(self._mine(rows))
             except (QueryError, SQLAlchemyError) as exc:

@@ -34,6 +34,7 @@ from .mapping import (
     SINCE_METRIC,
     Specs,
 )
+from .memory import gc_paused
 from .snapshot import GzipPrefix, MessageTotals, Series, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -144,6 +145,10 @@ class Renderer:
 
     def render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
         """One format of a snapshot's data part (OpenMetrics without its ``# EOF``)."""
+        with gc_paused():
+            return self._render(specs, snapshot, openmetrics)
+
+    def _render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
         out = _Sink()
         esc = self._escape
         fmt = format_value

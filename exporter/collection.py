@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CollectionConfig
-from .counting import CEILING, MessageCounter, Summary, label_value, to_unix
+from .counting import CEILING, MessageCounter, Shape, Summary, label_value, to_unix
 from .db import (
     Database,
     classify,
@@ -224,15 +224,18 @@ class Collection:
             full = summary is None or not c.ready  # the first count reads the full shape
             bounds = {"after": before, "upto": CEILING if upper is None else upper}
             fresh: Iterable[Sequence[Any]] = []
+            shape: Shape = "full" if full else "by_labels" if spec.by_labels_sql else "counts"
             if summary is not None and (upper is None or upper <= before):
                 pass  # nothing above the highest key in the summary's view
-            elif full:  # streamed: the whole table's series
+            elif shape == "full":  # streamed: the whole table's series
                 fresh = rows(spec.sql, bounds)
+            elif shape == "by_labels":  # a few dozen rows; the SQL filtered the shard
+                fresh = fetch_tuples(self.db, conn, spec.key, spec.steady_sql, bounds)
             else:  # a few thousand rows, folded column-wise
                 fresh = list(
                     self._mine(fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds))
                 )
-            pairs = c.add_fresh(fresh, upper, now, fence, full=full)
+            pairs = c.add_fresh(fresh, upper, now, fence, shape)
             if pairs:  # new (org, direction) pairs: when their first message was sent
                 since = rows(spec.since_sql, {"after": before, "upto": c.highest})
                 c.add_since(since, pairs, self.clock())

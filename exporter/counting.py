@@ -34,12 +34,12 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from math import inf
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from .db import Fence, Probe
 from .mapping import MessagesSpec
@@ -52,6 +52,9 @@ FLOOR = -(2**63)
 """Below every key: the first collection counts the whole table."""
 CEILING = 2**63 - 1
 """Above every key: the first collection's upper bound."""
+
+Shape = Literal["full", "counts", "by_labels"]
+"""Rows of a count (mapping.MessagesSpec): of ``sql``, ``counts_sql`` or ``by_labels_sql``."""
 
 
 def to_unix(value: Any) -> float | None:
@@ -95,9 +98,11 @@ class _Batch:
     at: float
     """Monotonic time of the count."""
     fence: Fence | None
-    series: array[int]
-    counts: array[int]
-    """Rows per series, ``counts[j]`` for series number ``series[j]``."""
+    series: Sequence[int]
+    counts: Sequence[int]
+    """Rows per series, ``counts[j]`` for series number ``series[j]``: arrays for a full
+    count (large counts, no object each), lists for a steady one (its series numbers are
+    the counter's own int objects, and its counts mostly 1: a list costs no more)."""
     rows: int
     checksum: int
 
@@ -153,6 +158,9 @@ class MessageCounter:
     are not text), so that a row finds its series without converting its values."""
     _orgs: dict[Any, str] = field(default_factory=dict)
     """Org ids that are not text (integers, usually) as label values."""
+    _by_labels: dict[tuple[Any, ...], dict[Any, int]] = field(default_factory=dict)
+    """Series number by a row's own label values, then its own org id, as ``_series`` found
+    it: how a steady count's ``by_labels`` rows find theirs without making a key."""
     _since_copy: dict[tuple[str, str], float] = field(default_factory=dict)
     """What the snapshots share of ``since`` (copied when it grew)."""
     totals: array[int] = field(default_factory=lambda: array("q"))
@@ -286,48 +294,83 @@ class MessageCounter:
         upper: int | None,
         now: float,
         fence: Fence | None,
-        full: bool,
+        shape: Shape,
     ) -> set[tuple[str, str]]:
-        """Fold the grouped count of the new rows, up to key ``upper``: rows (org, labels...,
-        n, checksum) or, when ``full``, of the full shape (n, first_ts, max_key, checksum),
-        whose highest key is read from the rows. Each row moves its series' total at once;
-        together they become a batch. Nothing is applied until every row has been read.
+        """Fold the grouped count of the new rows, up to key ``upper``, rows of the given
+        ``shape``: ``full`` (org, labels..., n, first_ts, max_key, checksum; the highest key
+        is read from the rows), ``counts`` (org, labels..., n, checksum) or ``by_labels``
+        (labels..., orgs, n, checksum). Each row moves its series' total at once; together
+        they become a batch. Nothing is applied until every row has been read.
         Returns the (org, direction) pairs seen here for the first time whose
         counting-since is still to be read (``add_since``)."""
         known = len(self.keys)
-        width = self.width
         highest = self.highest if upper is None else max(self.highest, upper)
-        if full:  # streamed: read whole into per-series counts, then applied
+        found: Sequence[int]
+        ns: Sequence[int]
+        if shape == "full":  # streamed: read whole into per-series counts, then applied
             fold = self._fold_full(rows)
-            for i, n in fold.counts.items():
-                self.totals[i] += n
-            self._first_seen(fold.firsts)
             highest = max(highest, fold.top)
-            series, values = fold.columns()
+            found, ns = fold.columns()
             n_rows, checksum = fold.rows, fold.checksum
-        elif rows := list(rows):  # the steady state: thousands of rows, each touched once
-            # column-wise, so that the per-row work runs in C: transpose, find each row's
-            # series (an integer org id finds its text in _orgs; a text one is itself)
-            index, orgs, totals = self.index, self._orgs, self.totals
-            cols = list(zip(*rows, strict=True))
-            keys = zip(map(orgs.get, cols[0], cols[0]), *cols[1:width], strict=True)
-            maybe: list[int | None] = list(map(index.get, keys))
-            if None in maybe:  # new series: rare after the first count
-                found = [self._series(rows[j]) if i is None else i for j, i in enumerate(maybe)]
-            else:
-                found = cast(list[int], maybe)
-            ns = cols[width]
-            for i, n in zip(found, ns, strict=True):
-                totals[i] += n
-            series, values = array("q", found), array("q", ns)
-            n_rows, checksum = sum(ns), sum(cols[width + 1])
+        elif shape == "by_labels":
+            found, ns, n_rows, checksum = self._fold_by_labels(rows)
         else:
-            series, values, n_rows, checksum = array("q"), array("q"), 0, 0
+            found, ns, n_rows, checksum = self._fold_counts(rows)
+        totals = self.totals
+        for i, n in zip(found, ns, strict=True):
+            totals[i] += n
+        if shape == "full":
+            self._first_seen(fold.firsts)
         if highest > self.highest:  # even with no rows here (another shard's, filtered out)
-            self.batches.append(_Batch(highest, now, fence, series, values, n_rows, checksum))
+            self.batches.append(_Batch(highest, now, fence, found, ns, n_rows, checksum))
         self.highest = highest
         self.collections += 1
         return {(k[0], k[1]) for k in self.keys[known:]} & self.pending
+
+    def _fold_counts(
+        self, rows: Iterable[Sequence[Any]]
+    ) -> tuple[Sequence[int], Sequence[int], int, int]:
+        """``counts`` rows, column-wise, so that the per-row work runs in C: transpose, find
+        each row's series (an integer org id finds its text in _orgs; a text one is itself)."""
+        rows = list(rows)
+        if not rows:
+            return [], [], 0, 0
+        width = self.width
+        cols = list(zip(*rows, strict=True))
+        keys = zip(map(self._orgs.get, cols[0], cols[0]), *cols[1:width], strict=True)
+        maybe: list[int | None] = list(map(self.index.get, keys))
+        if None in maybe:  # new series: rare after the first count
+            found = [self._series(rows[j]) if i is None else i for j, i in enumerate(maybe)]
+        else:
+            found = cast(list[int], maybe)
+        ns = cols[width]
+        return found, ns, sum(ns), sum(cols[width + 1])
+
+    def _fold_by_labels(
+        self, rows: Iterable[Sequence[Any]]
+    ) -> tuple[Sequence[int], Sequence[int], int, int]:
+        """``by_labels`` rows: a few dozen, each with the org of every new message of its
+        label values. The orgs are counted (Counter, in C) and found by their integer or
+        text id in a dict per set of label values (``_by_labels``): no tuple, no label
+        value, no hashing of text per series."""
+        k = self.width - 1
+        found: list[int] = []
+        ns: list[int] = []
+        n_rows = checksum = 0
+        for row in rows:
+            labels = tuple(row[:k])
+            per_org = Counter(row[k] or ())
+            by_org = self._by_labels.get(labels)
+            if by_org is None:
+                by_org = self._by_labels[labels] = {}
+            maybe: list[int | None] = list(map(by_org.get, per_org))
+            if None in maybe:  # new series: rare after the first count (_series adds them)
+                maybe = [self._series((org, *labels)) for org in per_org]
+            found += cast(list[int], maybe)
+            ns += per_org.values()
+            n_rows += int(row[k + 1] or 0)
+            checksum += int(row[k + 2] or 0)
+        return found, ns, n_rows, checksum
 
     def add_since(
         self, rows: Iterable[Sequence[Any]], pairs: set[tuple[str, str]], fallback: float
@@ -343,9 +386,19 @@ class MessageCounter:
     def _series(self, row: Sequence[Any]) -> int:
         """The series number of a row, adding the series if it is new."""
         org = row[0]
+        labels = tuple(row[1 : self.width])
+        by_org = self._by_labels.get(labels)
+        if by_org is None:
+            by_org = self._by_labels[labels] = {}
+        i = by_org.get(org)
+        if i is None:
+            i = by_org[org] = self._find_or_add(org, labels)
+        return i
+
+    def _find_or_add(self, org: Any, labels: tuple[Any, ...]) -> int:
         if type(org) is not str:  # remembered, so that a steady count finds it in _orgs
             org = self._orgs.get(org) or self._orgs.setdefault(org, label_value(org))
-        raw = (org, *row[1 : self.width])
+        raw = (org, *labels)
         i = self.index.get(raw)
         if i is not None:
             return i

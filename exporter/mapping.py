@@ -65,6 +65,10 @@ class MessagesSpec:
       ``org, <labels...>, n, first_ts, max_key, checksum``. The first count, a recount of
       the tail, and reconciliation.
     - ``counts_sql``: the same range, rows ``org, <labels...>, n, checksum`` (the new rows).
+    - ``by_labels_sql``: the same count, one row per set of label values: ``<labels...>,
+      orgs, n, checksum`` with ``orgs`` the org of every row, as an array (PostgreSQL,
+      where any shard is filtered in SQL; else None). A steady count reads this one: a
+      few dozen rows, not one per series, so that no Python object is made per series.
     - ``summary_sql``: one row: the tail's rows (keys in (``:after``, ``:seen``]), their
       checksum, and the highest key above ``:seen``. None where the shard cannot be
       filtered per row in SQL: the tail is then recounted every time.
@@ -77,11 +81,18 @@ class MessagesSpec:
     sql: str
     interval: float
     counts_sql: str = ""
+    by_labels_sql: str | None = None
     summary_sql: str | None = None
     since_sql: str = ""
 
+    @property
+    def steady_sql(self) -> str:
+        """What a steady count of the new rows runs."""
+        return self.by_labels_sql or self.counts_sql
+
     def statements(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.sql, self.counts_sql, self.summary_sql, self.since_sql) if s)
+        every = (self.sql, self.counts_sql, self.by_labels_sql, self.summary_sql, self.since_sql)
+        return tuple(s for s in every if s)
 
 
 Spec = GaugeSpec | OrgSpec | MessagesSpec
@@ -214,9 +225,21 @@ def messages_specs(
         f"SELECT {org} AS org, {direction} AS direction, min({ts}) AS first_ts "
         f"{in_range} {_group_by(2)}{shard.having(org)}"
     )
-    summary = None
+    summary = by_labels = None
     if shard.total == 1 or shard.pushdown:
         cond = shard.condition(org)
+        if dialect == "postgresql":
+            shard_rows = _from(
+                table,
+                joins,
+                [f"{key} > :after", f"{key} <= :upto", *filters, *([cond] if cond else [])],
+            )
+            label_cols = [f"{exprs[lb]} AS {lb}" for lb in labels]
+            by_labels = (
+                f"SELECT {', '.join([*label_cols, f'array_agg({org}) AS orgs'])}, "
+                f"count(*) AS n, sum({residue}) AS checksum {shard_rows}"
+                + (f" {_group_by(len(labels))}" if labels else "")
+            )
         tail = _from(
             table,
             joins,
@@ -235,6 +258,7 @@ def messages_specs(
         full,
         interval,
         counts_sql=counts,
+        by_labels_sql=by_labels,
         summary_sql=summary,
         since_sql=since,
     )

@@ -221,7 +221,8 @@ def test_a_steady_collection_counts_only_the_new_rows(
     collection: Collection, empty: Engine
 ) -> None:
     """Once the tail has settled, a collection runs the summary and one grouped count over
-    the new rows only (the key range is its bound parameters), never the full shape."""
+    the new rows only (the key range is its bound parameters), never the full shape; on
+    PostgreSQL grouped by label values, with the orgs as an array."""
     with empty.begin() as conn:
         for _ in range(5):
             conn.execute(text(INSERT))
@@ -244,9 +245,78 @@ def test_a_steady_collection_counts_only_the_new_rows(
     assert spec.summary_sql is not None
     (summary, s_params), (counts, c_params) = statements
     assert "tail_rows" in summary and s_params == {"after": highest, "seen": highest}
-    assert "first_ts" not in counts and counts.endswith("GROUP BY 1, 2, 3, 4")  # not the full
+    # not the full shape: one row per set of label values, the orgs as an array
+    assert "first_ts" not in counts and "array_agg(messages.org_id)" in counts
+    assert counts.endswith("GROUP BY 1, 2, 3")
     assert c_params == {"after": highest, "upto": collection.counter.highest}
     assert collection.counter.highest == highest + 3
+
+
+def test_steady_counts_by_label_values_stay_exact_for_new_series_and_odd_org_ids(
+    empty: Engine,
+) -> None:
+    """A steady count reads one row per set of label values, with the org of each new row
+    in an array: org ids with array syntax in them come back whole, and series first met in
+    a steady count (a new org, a new channel) are added, each exactly once."""
+    org = "'o,\"{} \\' || CAST(messages.org_id AS text)"  # o,"{} \<id>
+    messages = {**reference_mapping()["messages"], "org": org}
+    coll, _ = in_process(
+        _url(empty), {"collection": {"settle_after": "1ms"}, "mapping": {"messages": messages}}
+    )
+    insert = (
+        "INSERT INTO messages (org_id, direction, sender_type, channel) "
+        "SELECT :org, :direction, :sender, :channel FROM generate_series(1, :n)"
+    )
+    batches = [
+        [(1, "inbound", "user", "sms", 3)],
+        [(1, "inbound", "user", "sms", 2), (2, "outbound", "bot", "line", 4)],
+        [(2, "outbound", "bot", "web", 1), (1, "outbound", "agent", "sms", 5)],
+        [(2, "inbound", "user", "line", 2), (1, "inbound", "user", "sms", 1)],
+    ]
+    try:
+        for batch in batches:
+            with empty.begin() as conn:
+                for o, d, snd, ch, n in batch:
+                    params = {"org": o, "direction": d, "sender": snd, "channel": ch, "n": n}
+                    conn.execute(text(insert), params)
+            run_n(coll, 2)
+        with empty.connect() as conn:
+            want = {
+                tuple(r[:4]): float(r[4])
+                for r in conn.execute(
+                    text(
+                        f"SELECT {org}, direction, channel, sender_type, count(*) "
+                        "FROM messages GROUP BY 1, 2, 3, 4"
+                    )
+                )
+            }
+        assert served(coll)["convrs_messages_total"] == want
+        assert ('o,"{} \\2', "outbound", "web", "bot") in want
+        assert coll.specs.messages.steady_sql == coll.specs.messages.by_labels_sql
+    finally:
+        coll.db.close()
+
+
+def test_by_labels_rows_find_their_series_by_their_own_values() -> None:
+    """An org id of another type (text "1" for integer 1) is the same series, as in every
+    other shape; rows of new series say which (org, direction) pairs are new."""
+    config = Config.model_validate(
+        {"database": {"url": "sqlite://"}, "mapping": reference_mapping()}
+    )
+    counter = MessageCounter(build_specs(config).messages, 0.0)
+    now = dt.datetime.now(dt.UTC)
+    counter.add_fresh([(1, "inbound", "sms", "user", 2, now, 2, 3)], None, 0.0, None, "full")
+    rows = [("inbound", "sms", "user", [1, "1", 2, 1], 4, 9), ("outbound", "sms", "bot", [1], 1, 5)]
+    pairs = counter.add_fresh(rows, 7, 1.0, None, "by_labels")
+    assert counter.totals_by_key() == {
+        ("1", "inbound", "sms", "user"): 5,
+        ("2", "inbound", "sms", "user"): 1,
+        ("1", "outbound", "sms", "bot"): 1,
+    }
+    assert pairs == {("2", "inbound"), ("1", "outbound")}
+    batch = counter.batches[-1]
+    assert (batch.upper, batch.rows, batch.checksum) == (7, 5, 14)
+    assert sorted(zip(batch.series, batch.counts, strict=True)) == [(0, 1), (0, 2), (1, 1), (2, 1)]
 
 
 def test_the_tail_is_read_only_when_a_batch_may_settle(empty: Engine) -> None:
@@ -490,13 +560,13 @@ def test_a_count_that_fails_part_way_applies_nothing() -> None:
         raise QueryError("messages", "statement timeout (1s) exceeded")
 
     with pytest.raises(QueryError):
-        counter.add_fresh(rows(), None, 0.0, None, full=True)
+        counter.add_fresh(rows(), None, 0.0, None, "full")
     assert sum(counter.totals) == 0 and not counter.batches and not counter.ready
-    counter.add_fresh([(1, "inbound", "sms", "user", 4, now, 4, 10)], None, 0.0, None, True)
+    counter.add_fresh([(1, "inbound", "sms", "user", 4, now, 4, 10)], None, 0.0, None, "full")
     assert counter.totals_by_key() == {("1", "inbound", "sms", "user"): 4}
     assert counter.since == {("1", "inbound"): now.timestamp()} and not counter.pending
     # a new pair seen by a steady count waits for its counting-since; without one, now
-    pairs = counter.add_fresh([(2, "outbound", "sms", "bot", 1, 5)], 5, 1.0, None, full=False)
+    pairs = counter.add_fresh([(2, "outbound", "sms", "bot", 1, 5)], 5, 1.0, None, "counts")
     assert pairs == counter.pending == {("2", "outbound")}
     counter.add_since([], pairs, fallback=1_800_000_000.0)
     assert counter.since[("2", "outbound")] == 1_800_000_000.0 and not counter.pending

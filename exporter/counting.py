@@ -165,9 +165,10 @@ class MessageCounter:
     """What the snapshots share of ``since`` (copied when it grew)."""
     totals: array[int] = field(default_factory=lambda: array("q"))
     """Exported: only ever grow."""
-    settled: array[int] = field(default_factory=lambda: array("q"))
-    """Rows at or below the watermark: as the last reconciliation found them, plus the
-    batches settled since."""
+    gone: array[int] = field(default_factory=lambda: array("q"))
+    """Rows in the totals that a recount or a reconciliation no longer found (deleted or
+    archived). What has settled per series follows: totals, less the batches not yet
+    settled, less these (``_settled``); so settling a batch is no work per series."""
     since: dict[tuple[str, str], float] = field(default_factory=dict)
     """Counting-since per (org, direction): oldest message at first sight; never moves."""
     collections: int = 0
@@ -233,11 +234,13 @@ class MessageCounter:
         for batch in low:
             batch.by_series(before)
         late = 0
-        for i, n in fold.counts.items():
-            rise = n - before.get(i, 0)
-            if rise > 0:
-                self.totals[i] += rise
-                late += rise
+        for i in before.keys() | fold.counts.keys():
+            change = fold.counts.get(i, 0) - before.get(i, 0)
+            if change > 0:
+                self.totals[i] += change
+                late += change
+            elif change < 0:
+                self.gone[i] -= change
         self._first_seen(fold.firsts)
         newest = low[-1]
         rest = [b for b in self.batches if b.upper > settle]
@@ -281,12 +284,19 @@ class MessageCounter:
 
     def settle(self, upto: int) -> None:
         """Make final the batches at or below ``upto`` (checked against the table just now)."""
-        settled = self.settled
         while self.batches and self.batches[0].upper <= upto:
-            batch = self.batches.popleft()
-            for i, n in zip(batch.series, batch.counts, strict=True):
-                settled[i] += n
-            self.watermark = batch.upper
+            self.watermark = self.batches.popleft().upper
+
+    def _settled(self) -> list[int]:
+        """Per series, the rows at or below the watermark as last checked: as the last
+        reconciliation found them, plus the batches settled since."""
+        pending: dict[int, int] = {}
+        for batch in self.batches:
+            batch.by_series(pending)
+        return [
+            total - pending.get(i, 0) - gone
+            for i, (total, gone) in enumerate(zip(self.totals, self.gone, strict=True))
+        ]
 
     def add_fresh(
         self,
@@ -409,7 +419,7 @@ class MessageCounter:
             self.keys.append(key)
             self.index[key] = i
             self.totals.append(0)
-            self.settled.append(0)
+            self.gone.append(0)
             if (key[0], key[1]) not in self.since:
                 self.pending.add((key[0], key[1]))
         if raw != key:  # a label column that is not text
@@ -437,12 +447,13 @@ class MessageCounter:
         found = fold.counts
         self._first_seen(fold.firsts)
         added: dict[SeriesKey, int] = {}
-        for i, settled in enumerate(self.settled):
+        for i, settled in enumerate(self._settled()):
             now = found.get(i, 0)
             if now > settled:
                 added[self.keys[i]] = now - settled
                 self.totals[i] += now - settled
-            self.settled[i] = now
+            elif now < settled:
+                self.gone[i] += settled - now
         return added
 
     # --- reading ---------------------------------------------------------------------

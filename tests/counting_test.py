@@ -214,6 +214,9 @@ def test_late_commit_beside_a_deleted_tail_row_is_found_by_the_checksum(
     assert (total(collection), total(collection, other)) == (1, 2)
     run_n(collection)
     assert (total(collection), total(collection, other)) == (1, 2)
+    # what is settled is what is left (the deleted row is gone from it, not from the total)
+    assert _settled(collection) == _count_upto(empty, collection.counter.watermark)
+    assert collection.reconcile() == 0 and total(collection, other) == 2
     t1.close()
 
 
@@ -374,7 +377,8 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
         for ch in ("sms", "line")
     ]
     committed: Counter[tuple[str, ...]] = Counter()
-    settled_checks = 0
+    settled_checks = reconciled = 0
+    checks = random.Random(7)  # its own stream: the writers' sequence stays the seed's
     open_tx: list[tuple[psycopg.Connection[tuple[object, ...]], Counter[tuple[str, ...]]]] = []
     for _step in range(120):
         action = rng.random()
@@ -413,6 +417,10 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
             # never more than committed (nothing twice); a late commit may wait for its
             # batch to settle, so "fewer" is allowed while writers are open
             assert all(0 < n <= committed[k] for k, n in got.items()), (got, committed)
+            if checks.random() < 0.3:  # the safety net finds nothing missed, deletions or not
+                assert collection.reconcile() == 0
+                assert _settled(collection) == _count_upto(empty, collection.counter.watermark)
+                reconciled += 1
         else:  # the writers end (a few roll back); two collections settle everything
             for conn, added in open_tx:
                 if rng.random() < 0.85:
@@ -427,6 +435,7 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
             got = served(collection)["convrs_messages_total"]
             assert got == {k: float(v) for k, v in committed.items() if v}
     assert settled_checks >= 3  # the seed gives moments with no writer open
+    assert reconciled >= 3
     for conn, added in open_tx:
         conn.commit()
         committed.update(added)
@@ -450,6 +459,24 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
         }
     assert served(fresh)["convrs_messages_total"] == left
     fresh.db.close()
+
+
+def _settled(coll: Collection) -> dict[tuple[str, ...], int]:
+    """What the counter holds as settled per series (at or below its watermark)."""
+    c = coll.counter
+    return {c.keys[i]: n for i, n in enumerate(c._settled()) if n}
+
+
+def _count_upto(engine: Engine, watermark: int) -> dict[tuple[str, ...], int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT org_id::text, direction, channel, sender_type, count(*) FROM messages "
+                "WHERE id <= :w GROUP BY 1, 2, 3, 4"
+            ),
+            {"w": watermark},
+        )
+        return {tuple(r[:4]): int(r[4]) for r in rows}
 
 
 def test_reconciliation_adds_what_the_increments_could_not_see(empty: Engine) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -50,12 +50,20 @@ class Family:
     labels: tuple[str, ...]
     series: Iterable[Series] = ()
     """A gauge's series."""
-    counts: Iterable[Count] = ()
+    counts: Counts | None = None
     """A counter's series."""
 
 
-Count = tuple[tuple[str, ...], int, float | None]
-"""A counter series: label values, count, created time (Unix seconds)."""
+@dataclass(frozen=True)
+class Counts:
+    """A counter's series as the message counter keeps them: label values ``keys[i]`` and
+    count ``totals[i]`` for each ``i`` in ``counted``; the created time (Unix seconds) by
+    the first two label values (org, direction)."""
+
+    keys: Sequence[tuple[str, ...]]
+    totals: Sequence[int]
+    counted: Sequence[int]
+    created: Mapping[tuple[str, str], float]
 
 
 def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
@@ -80,12 +88,12 @@ def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
 
 def _messages(
     messages: MessageTotals | None, orgs: tuple[Series, ...]
-) -> tuple[Iterator[Count], list[Series]]:
+) -> tuple[Counts | None, list[Series]]:
     """The message totals (those above 0), each with its counting-since as created time, and
     counting-since per (org, direction) that has any; an organization's own
     counting-since, where the mapping reads one, comes first."""
     if messages is None:
-        return iter(()), []
+        return None, []
     own = {s.labels[0]: s.created for s in orgs if s.created is not None}
     since = {od: own.get(od[0], ts) for od, ts in messages.since.items()}
     keys, totals = messages.keys, messages.totals
@@ -94,8 +102,7 @@ def _messages(
     # for long enough to delay scrapes; the exposition formats do not ask for an order
     seen = {keys[i][:2] for i in counted}
     pairs = [Series(od, ts) for od, ts in since.items() if od in seen]
-    counts = ((key, totals[i], since.get((key[0], key[1]))) for i in counted for key in (keys[i],))
-    return counts, pairs
+    return Counts(keys, totals, counted, since), pairs
 
 
 def escape_label_value(value: str) -> str:
@@ -121,9 +128,11 @@ class Renderer:
     """Renders snapshots to the text format and OpenMetrics by plain string formatting.
 
     prometheus-client's generate_latest costs about 7 us a sample; here each family's
-    line is one %-format, escaped label values are remembered (they repeat: a few
-    thousand orgs, a handful of channels), and lines go straight into byte buffers, so
-    no list of hundreds of thousands of strings is ever held.
+    line is one %-format, escaped label values and formatted values are remembered (they
+    repeat: a few thousand orgs, a handful of channels, small counts) in dicts that are
+    read in C (``__getitem__``; only a value not seen before calls Python), and lines go
+    straight into byte buffers, so no list of hundreds of thousands of strings is ever
+    held.
 
     A counter's ``_created`` sample is rendered in OpenMetrics, where it belongs to the
     counter. The text format has no such notion (prometheus-client emits it as a separate
@@ -132,16 +141,7 @@ class Renderer:
     """
 
     def __init__(self) -> None:
-        self._escaped: dict[str, str] = {}
-
-    def _escape(self, value: str) -> str:
-        cache = self._escaped
-        out = cache.get(value)
-        if out is None:
-            if len(cache) > 1_000_000:  # label values churned: start over
-                cache.clear()
-            out = cache[value] = escape_label_value(value)
-        return out
+        self._escaped = _Escaped()
 
     def render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
         """One format of a snapshot's data part (OpenMetrics without its ``# EOF``)."""
@@ -150,24 +150,27 @@ class Renderer:
 
     def _render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
         out = _Sink()
-        esc = self._escape
-        fmt = format_value
+        esc = self._escaped.__getitem__
+        fmt = _Formatted().__getitem__  # per render: as many entries as distinct values
         for fam in families(specs, snapshot):
             labels = ",".join(f'{n}="%s"' for n in fam.labels)
             if fam.kind == "counter":
                 total, made = fam.name + "_total", fam.name + "_created"
                 total_fmt = f"{total}{{{labels}}} %d\n"
+                c = fam.counts
+                keys, totals, counted = (c.keys, c.totals, c.counted) if c else ((), (), ())
                 if not openmetrics:
                     out.add(f"# HELP {total} {_help(fam.help, False)}\n# TYPE {total} counter\n")
-                    out.extend(total_fmt % (*map(esc, k), n) for k, n, _ in fam.counts)
+                    out.extend(total_fmt % (*map(esc, keys[i]), totals[i]) for i in counted)
                     continue
                 out.add(f"# TYPE {fam.name} counter\n# HELP {fam.name} {_help(fam.help, True)}\n")
                 pair_fmt = f"{total_fmt}{made}{{{labels}}} %s\n"
-                made_at = _Formatted()
+                made_at = {od: fmt(ts) for od, ts in c.created.items()} if c else {}
                 out.extend(
-                    pair_fmt % (*values, n, *values, made_at[created])
-                    for k, n, created in fam.counts
-                    for values in (tuple(map(esc, k)),)
+                    pair_fmt % (*values, totals[i], *values, made_at.get((key[0], key[1]), "0"))
+                    for i in counted
+                    for key in (keys[i],)
+                    for values in (tuple(map(esc, key)),)
                 )
                 continue
             kind, text = f"# TYPE {fam.name} {fam.kind}\n", _help(fam.help, openmetrics)
@@ -178,11 +181,22 @@ class Renderer:
         return out.close()
 
 
-class _Formatted(dict[float | None, str]):
-    """Created times as text, each formatted once (an org's series share one)."""
+class _Formatted(dict[float, str]):
+    """Values as text, each formatted once (counts repeat; an org's series share one
+    created time)."""
 
-    def __missing__(self, created: float | None) -> str:
-        text = self[created] = format_value(created or 0.0)
+    def __missing__(self, value: float) -> str:
+        text = self[value] = format_value(value)
+        return text
+
+
+class _Escaped(dict[str, str]):
+    """Label values escaped, each once (a few thousand orgs, a handful of channels)."""
+
+    def __missing__(self, value: str) -> str:
+        if len(self) > 1_000_000:  # label values churned: start over
+            self.clear()
+        text = self[value] = escape_label_value(value)
         return text
 
 

@@ -90,6 +90,18 @@ def label_value(value: Any) -> str:
     return sys.intern(text)
 
 
+class LabelValues(dict[Any, str]):
+    """One column's database values as label values, each converted once (org ids and
+    channel names repeat in every collection), read in C (``__getitem__``). One per column,
+    so that values of different types that compare equal (1 and True) never share one."""
+
+    def __missing__(self, value: Any) -> str:
+        if len(self) > 1_000_000:  # values churned: start over
+            self.clear()
+        text = self[value] = label_value(value)
+        return text
+
+
 @dataclass
 class _Batch:
     """The rows one collection counted: keys in (the previous highest, ``upper``]."""

@@ -215,3 +215,36 @@ def test_dropped_labels_are_summed_away(seeded: Engine) -> None:
     }
     assert got == want
     collection.db.close()
+
+
+def test_label_values_of_other_types_keep_their_own_text(seeded: Engine) -> None:
+    """Each column's values are converted once and remembered per column: a boolean label
+    beside integer org ids stays "True"/"False" (True == 1 in Python), and a value that
+    cannot be remembered (an array) is still converted, each time."""
+    agents = {"table": "agents", "org": "agents.org_id", "labels": {"status": "agents.disabled"}}
+    bots = {"table": "bots", "org": "bots.org_id", "labels": {"channel": "ARRAY[bots.channel]"}}
+    with seeded.begin() as conn:
+        conn.execute(
+            text("INSERT INTO agents (org_id, email, disabled) VALUES (1, 'gone@a', true)")
+        )
+    collection, _ = in_process(_url(seeded), {"mapping": {"agents": agents, "bots": bots}})
+    for _ in range(2):  # the second reads what the first remembered
+        assert collection.run()
+        got = served(collection)
+        with seeded.connect() as conn:
+            want_agents = {
+                (str(o), str(d)): float(n)
+                for o, d, n in conn.execute(
+                    text("SELECT org_id, disabled, count(*) FROM agents GROUP BY 1, 2")
+                )
+            }
+            want_bots = {
+                (str(o), str([c])): float(n)
+                for o, c, n in conn.execute(
+                    text("SELECT org_id, channel, count(*) FROM bots GROUP BY 1, 2")
+                )
+            }
+        assert {k: v for k, v in got["convrs_agents"].items() if v} == want_agents
+        assert {("1", "True"), ("1", "False")} <= set(want_agents)
+        assert got["convrs_bots"] == want_bots
+    collection.db.close()

@@ -35,10 +35,11 @@ import datetime as dt
 import sys
 from array import array
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from math import inf
+from operator import call
 from typing import Any, Literal, cast
 
 from .db import Fence, Probe
@@ -165,14 +166,14 @@ class MessageCounter:
     highest: int = FLOOR
     """The highest key counted so far."""
     keys: list[SeriesKey] = field(default_factory=list)
-    index: dict[Any, int] = field(default_factory=dict)
-    """Series number by label key (and, rarely, by a row's own label values where these
-    are not text), so that a row finds its series without converting its values."""
-    _orgs: dict[Any, str] = field(default_factory=dict)
-    """Org ids that are not text (integers, usually) as label values."""
-    _by_labels: dict[tuple[Any, ...], dict[Any, int]] = field(default_factory=dict)
-    """Series number by a row's own label values, then its own org id, as ``_series`` found
-    it: how a steady count's ``by_labels`` rows find theirs without making a key."""
+    series_of: dict[tuple[str, ...], dict[str, int]] = field(default_factory=dict)
+    """Series number by label values (all but the org's), then org: one small dict per
+    set of label values, so that a steady count's ``by_labels`` rows find their series with
+    no key made per series. All text: values of other types that read the same as text
+    (1 and "1") are one series."""
+    _org_label: LabelValues = field(default_factory=LabelValues, init=False, repr=False)
+    _label_getters: tuple[Callable[[Any], str], ...] = field(default=(), init=False, repr=False)
+    """Each column's values as label values (org ids, then the labels), remembered."""
     _since_copy: dict[tuple[str, str], float] = field(default_factory=dict)
     """What the snapshots share of ``since`` (copied when it grew)."""
     totals: array[int] = field(default_factory=lambda: array("q"))
@@ -187,6 +188,9 @@ class MessageCounter:
     batches: deque[_Batch] = field(default_factory=deque)
     pending: set[tuple[str, str]] = field(default_factory=set)
     """(org, direction) pairs with series but no counting-since yet."""
+
+    def __post_init__(self) -> None:
+        self._label_getters = tuple(LabelValues().__getitem__ for _ in self.spec.labels)
 
     @property
     def ready(self) -> bool:
@@ -352,42 +356,41 @@ class MessageCounter:
     def _fold_counts(
         self, rows: Iterable[Sequence[Any]]
     ) -> tuple[Sequence[int], Sequence[int], int, int]:
-        """``counts`` rows, column-wise, so that the per-row work runs in C: transpose, find
-        each row's series (an integer org id finds its text in _orgs; a text one is itself)."""
-        rows = list(rows)
-        if not rows:
-            return [], [], 0, 0
+        """``counts`` rows (where the database has no ``by_labels`` statement), each found
+        through ``_series``."""
         width = self.width
-        cols = list(zip(*rows, strict=True))
-        keys = zip(map(self._orgs.get, cols[0], cols[0]), *cols[1:width], strict=True)
-        maybe: list[int | None] = list(map(self.index.get, keys))
-        if None in maybe:  # new series: rare after the first count
-            found = [self._series(rows[j]) if i is None else i for j, i in enumerate(maybe)]
-        else:
-            found = cast(list[int], maybe)
-        ns = cols[width]
-        return found, ns, sum(ns), sum(cols[width + 1])
+        found: list[int] = []
+        ns: list[int] = []
+        checksum = 0
+        for row in rows:
+            found.append(self._series(row))
+            ns.append(int(row[width]))
+            checksum += int(row[width + 1] or 0)
+        return found, ns, sum(ns), checksum
 
     def _fold_by_labels(
         self, rows: Iterable[Sequence[Any]]
     ) -> tuple[Sequence[int], Sequence[int], int, int]:
         """``by_labels`` rows: a few dozen, each with the org of every new message of its
-        label values. The orgs are counted (Counter, in C) and found by their integer or
-        text id in a dict per set of label values (``_by_labels``): no tuple, no label
-        value, no hashing of text per series."""
+        label values. The orgs are made label values and counted (LabelValues and Counter,
+        both in C), and found in the dict of their label values (``series_of``): no key
+        and no Python call per series."""
         k = self.width - 1
+        org_label = self._org_label.__getitem__
         found: list[int] = []
         ns: list[int] = []
         n_rows = checksum = 0
         for row in rows:
-            labels = tuple(row[:k])
-            per_org = Counter(row[k] or ())
-            by_org = self._by_labels.get(labels)
-            if by_org is None:
-                by_org = self._by_labels[labels] = {}
+            labels = self._labels_of(row[:k])
+            orgs = row[k] or ()
+            try:
+                per_org = Counter(map(org_label, orgs))
+            except TypeError:  # an org id that cannot be a dict key
+                per_org = Counter(map(label_value, orgs))
+            by_org = self.series_of.get(labels, {})
             maybe: list[int | None] = list(map(by_org.get, per_org))
-            if None in maybe:  # new series: rare after the first count (_series adds them)
-                maybe = [self._series((org, *labels)) for org in per_org]
+            if None in maybe:  # new series: rare after the first count
+                maybe = [self._series_at(org, labels) for org in per_org]
             found += cast(list[int], maybe)
             ns += per_org.values()
             n_rows += int(row[k + 1] or 0)
@@ -406,36 +409,33 @@ class MessageCounter:
         self._first_seen({**dict.fromkeys(pairs, fallback), **firsts})
 
     def _series(self, row: Sequence[Any]) -> int:
-        """The series number of a row, adding the series if it is new."""
-        org = row[0]
-        labels = tuple(row[1 : self.width])
-        by_org = self._by_labels.get(labels)
+        """The series number of a row (org, labels...), adding the series if it is new."""
+        try:
+            org = self._org_label[row[0]]
+        except TypeError:  # an org id that cannot be a dict key
+            org = label_value(row[0])
+        return self._series_at(org, self._labels_of(row[1 : self.width]))
+
+    def _labels_of(self, values: Sequence[Any]) -> tuple[str, ...]:
+        """A row's label values (all but the org's) as text, each through its column."""
+        try:
+            return tuple(map(call, self._label_getters, values))
+        except TypeError:  # a value that cannot be a dict key (an array, a JSON object)
+            return tuple(map(label_value, values))
+
+    def _series_at(self, org: str, labels: tuple[str, ...]) -> int:
+        by_org = self.series_of.get(labels)
         if by_org is None:
-            by_org = self._by_labels[labels] = {}
+            by_org = self.series_of[labels] = {}
         i = by_org.get(org)
         if i is None:
-            i = by_org[org] = self._find_or_add(org, labels)
-        return i
-
-    def _find_or_add(self, org: Any, labels: tuple[Any, ...]) -> int:
-        if type(org) is not str:  # remembered, so that a steady count finds it in _orgs
-            org = self._orgs.get(org) or self._orgs.setdefault(org, label_value(org))
-        raw = (org, *labels)
-        i = self.index.get(raw)
-        if i is not None:
-            return i
-        key = tuple(map(label_value, raw))
-        i = self.index.get(key)
-        if i is None:  # label values that differ only in type merge
-            i = len(self.keys)
+            i = by_org[org] = len(self.keys)
+            key = (org, *labels)
             self.keys.append(key)
-            self.index[key] = i
             self.totals.append(0)
             self.gone.append(0)
-            if (key[0], key[1]) not in self.since:
-                self.pending.add((key[0], key[1]))
-        if raw != key:  # a label column that is not text
-            self.index[raw] = i
+            if (org, key[1]) not in self.since:
+                self.pending.add((org, key[1]))
         return i
 
     # --- reconciliation --------------------------------------------------------------

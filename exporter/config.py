@@ -67,6 +67,9 @@ class DatabaseConfig(Model):
     statement_timeout: Duration = 10.0
     connect_timeout: Duration = 5.0
     pool_size: int = Field(default=2, ge=1, le=32)
+    prepared_statements: bool = True
+    """PostgreSQL: let psycopg prepare the statements a connection runs again and again.
+    False behind a pooler that cannot keep them (PgBouncer in transaction mode before 1.21)."""
 
 
 class CollectionConfig(Model):

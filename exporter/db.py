@@ -73,7 +73,12 @@ class Database:
 
 
 def connect(
-    raw_url: str, *, statement_timeout: float, connect_timeout: float, pool_size: int
+    raw_url: str,
+    *,
+    statement_timeout: float,
+    connect_timeout: float,
+    pool_size: int,
+    prepared_statements: bool = True,
 ) -> Database:
     """An engine with a small bounded pool; connections are opened lazily."""
     url = parse_url(raw_url)
@@ -85,6 +90,8 @@ def connect(
             "connect_timeout": max(1, round(connect_timeout)),
             "application_name": "convrs-exporter",
         }
+        if not prepared_statements:
+            connect_args["prepare_threshold"] = None
     elif backend in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": max(1, round(connect_timeout))}
     elif backend == "sqlite":

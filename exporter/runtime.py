@@ -62,6 +62,7 @@ def open_database(url: str, config: Config) -> Database:
         statement_timeout=config.database.statement_timeout,
         connect_timeout=config.database.connect_timeout,
         pool_size=config.database.pool_size,
+        prepared_statements=config.database.prepared_statements,
     )
     logsetup.add_secret(db.secret)
     return db

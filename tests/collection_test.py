@@ -142,6 +142,21 @@ def test_repeated_statements_stay_prepared_and_are_planned_for_their_bounds(
     collection.db.close()
 
 
+def test_prepared_statements_can_be_turned_off_for_a_pooler(seeded: Engine) -> None:
+    collection, config = in_process(_url(seeded), {"database": {"prepared_statements": False}})
+    assert config.database.prepared_statements is False
+    for _ in range(7):
+        assert collection.run()
+    with collection.db.engine.connect() as conn, read_only(collection.db, conn):
+        prepared = conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+    assert prepared == 0
+    assert (
+        served(collection)["convrs_messages_total"]
+        == pg.reference_counts(seeded)["convrs_messages_total"]
+    )
+    collection.db.close()
+
+
 def test_new_rows_appear_and_deletes_never_lower_the_counter(seeded: Engine) -> None:
     collection, _ = in_process(_url(seeded))
     assert collection.run()

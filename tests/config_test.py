@@ -56,9 +56,11 @@ def test_environment_overrides_the_file(tmp: Path) -> None:
             "CONVRS_EXPORTER_LABELS_DROP": "[channel, sender]",
             "CONVRS_EXPORTER_DATABASE_URL_FILE": str(url_file),
             "CONVRS_EXPORTER_WEB_TELEMETRY_PATH": "/m",
+            "CONVRS_EXPORTER_DATABASE_PREPARED_STATEMENTS": "false",
         },
     )
     assert config.collection.interval == 45
+    assert config.database.prepared_statements is False
     assert config.labels.drop == ["channel", "sender"]
     assert config.web.telemetry_path == "/m"
     assert config.database.url is not None

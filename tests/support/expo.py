@@ -67,6 +67,7 @@ def in_process(url: str, raw: dict[str, Any] | None = None) -> tuple[Collection,
         statement_timeout=config.database.statement_timeout,
         connect_timeout=config.database.connect_timeout,
         pool_size=config.database.pool_size,
+        prepared_statements=config.database.prepared_statements,
     )
     specs = build_specs(config, db.dialect)
     collection = Collection(

@@ -41,6 +41,9 @@ from .snapshot import MetricData, Series, Snapshot, Store
 log = logging.getLogger("convrs_exporter.collection")
 
 AGENT_STATUSES = ("active", "disabled")
+BY_LABELS_MAX_KEYS = 1_000_000
+"""New keys one steady count reads as arrays of orgs at most (a million org ids is a few
+MB); a longer range is counted one row per series."""
 
 
 class Collection:
@@ -63,7 +66,9 @@ class Collection:
         """Wall clock, for timestamps that are exported."""
         self.monotonic = monotonic
         """For ages (staleness, settling), immune to clock steps."""
-        self.counter = MessageCounter(specs.messages, settings.settle_after)
+        self.counter = MessageCounter(specs.messages, settings.settle_after, owns=specs.shard.owns)
+        self._by_labels = specs.messages.by_labels_sql is not None
+        """Whether steady counts read ``by_labels`` rows (until they come back unreadable)."""
         self.renderer = Renderer()
         self._stopping = False
         self._active: Any = None
@@ -232,23 +237,36 @@ class Collection:
             full = summary is None or not c.ready  # the first count reads the full shape
             bounds = {"after": before, "upto": CEILING if upper is None else upper}
             fresh: Iterable[Sequence[Any]] = []
-            shape: Shape = "full" if full else "by_labels" if spec.by_labels_sql else "counts"
-            if summary is not None and (upper is None or upper <= before):
+            shape: Shape = "full" if full else self._steady_shape(before, upper)
+            nothing = summary is not None and (upper is None or upper <= before)
+            if nothing:
                 pass  # nothing above the highest key in the summary's view
             elif shape == "full":  # streamed: the whole table's series
                 fresh = rows(spec.sql, bounds)
             elif shape == "by_labels":  # a few dozen rows; the SQL filtered the shard
                 fresh = fetch_tuples(self.db, conn, spec.key, spec.steady_sql, bounds)
-            else:  # a few thousand rows, folded column-wise
-                fresh = list(
-                    self._mine(fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds))
-                )
+                if not c.fits_by_labels(fresh):
+                    log.warning(
+                        "org ids of this type come back from arrays as text; "
+                        "counting new messages one row per series from now on"
+                    )
+                    self._by_labels, shape = False, "counts"
+            if shape == "counts" and not nothing:  # one row per series
+                counts = fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds)
+                fresh = list(self._mine(counts))
             pairs = c.add_fresh(fresh, upper, now, fence, shape)
             if pairs:  # new (org, direction) pairs: when their first message was sent
                 since = rows(spec.since_sql, {"after": before, "upto": c.highest})
                 c.add_since(since, pairs, self.clock())
         self.health.recounted.set(c.recounted)
         return MetricData(spec.key, (), now)  # the totals are read from the counter
+
+    def _steady_shape(self, before: int, upper: int | None) -> Shape:
+        """``by_labels`` (PostgreSQL) unless the new keys are too many for one array of
+        orgs (a catch-up after an outage, a bulk load): then one row per series."""
+        if not self._by_labels or upper is None or upper - before > BY_LABELS_MAX_KEYS:
+            return "counts"
+        return "by_labels"
 
     def reconcile(self) -> int:
         """The safety net: a full count of the messages at or below the watermark, run at
@@ -391,6 +409,4 @@ def _zero_fill(data: MetricData, spec: GaugeSpec, org_ids: list[str]) -> MetricD
     extra = tuple(Series(k, 0.0) for k in wanted if k not in have)
     if not extra:
         return data
-    return MetricData(
-        data.key, tuple(sorted(data.series + extra, key=lambda s: s.labels)), data.collected_at
-    )
+    return MetricData(data.key, data.series + extra, data.collected_at)

@@ -69,7 +69,8 @@ class DatabaseConfig(Model):
     pool_size: int = Field(default=2, ge=1, le=32)
     prepared_statements: bool = True
     """PostgreSQL: let psycopg prepare the statements a connection runs again and again.
-    False behind a pooler that cannot keep them (PgBouncer in transaction mode before 1.21)."""
+    False behind a pooler that cannot keep them (PgBouncer in transaction mode before 1.21,
+    or without max_prepared_statements)."""
 
 
 class CollectionConfig(Model):

@@ -93,11 +93,15 @@ def label_value(value: Any) -> str:
 
 class LabelValues(dict[Any, str]):
     """One column's database values as label values, each converted once (org ids and
-    channel names repeat in every collection), read in C (``__getitem__``). One per column,
-    so that values of different types that compare equal (1 and True) never share one."""
+    channel names repeat in every collection), read in C (``__getitem__``). One per column:
+    a column's values are of one type, so values that compare equal read the same (a JSON
+    column holding both 1 and true would show the first one's text for both)."""
+
+    LIMIT = 250_000
+    """Values remembered at most; past it (values that churn) the cache starts over."""
 
     def __missing__(self, value: Any) -> str:
-        if len(self) > 1_000_000:  # values churned: start over
+        if len(self) >= self.LIMIT:
             self.clear()
         text = self[value] = label_value(value)
         return text
@@ -171,6 +175,9 @@ class MessageCounter:
     set of label values, so that a steady count's ``by_labels`` rows find their series with
     no key made per series. All text: values of other types that read the same as text
     (1 and "1") are one series."""
+    owns: Callable[[str], bool] = field(default=lambda org: True, repr=False)
+    """Whether an org is this shard's (mapping.Shard.owns): checked for each org a steady
+    ``by_labels`` count meets for the first time, as ``Collection._mine`` checks rows."""
     _org_label: LabelValues = field(default_factory=LabelValues, init=False, repr=False)
     _label_getters: tuple[Callable[[Any], str], ...] = field(default=(), init=False, repr=False)
     """Each column's values as label values (org ids, then the labels), remembered."""
@@ -389,13 +396,24 @@ class MessageCounter:
                 per_org = Counter(map(label_value, orgs))
             by_org = self.series_of.get(labels, {})
             maybe: list[int | None] = list(map(by_org.get, per_org))
-            if None in maybe:  # new series: rare after the first count
-                maybe = [self._series_at(org, labels) for org in per_org]
-            found += cast(list[int], maybe)
-            ns += per_org.values()
+            if None in maybe:  # new series (rare after the first count), or another shard's
+                for org, n in per_org.items():
+                    if self.owns(org):
+                        found.append(self._series_at(org, labels))
+                        ns.append(n)
+            else:
+                found += cast(list[int], maybe)
+                ns += per_org.values()
             n_rows += int(row[k + 1] or 0)
             checksum += int(row[k + 2] or 0)
         return found, ns, n_rows, checksum
+
+    def fits_by_labels(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Whether ``by_labels`` rows came back whole: each row's orgs a list, one org per
+        row it counted. psycopg reads an array of a type it does not know (an enum, citext)
+        as one string; such a count is read again as ``counts`` rows."""
+        k = self.width - 1
+        return all(type(r[k]) is list and len(r[k]) == r[k + 1] for r in rows)
 
     def add_since(
         self, rows: Iterable[Sequence[Any]], pairs: set[tuple[str, str]], fallback: float

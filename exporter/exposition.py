@@ -158,14 +158,16 @@ class Renderer:
                 total, made = fam.name + "_total", fam.name + "_created"
                 total_fmt = f"{total}{{{labels}}} %d\n"
                 c = fam.counts
-                keys, totals, counted = (c.keys, c.totals, c.counted) if c else ((), (), ())
+                keys, totals, counted = (
+                    (c.keys, c.totals, c.counted) if c is not None else ((), (), ())
+                )
                 if not openmetrics:
                     out.add(f"# HELP {total} {_help(fam.help, False)}\n# TYPE {total} counter\n")
                     out.extend(total_fmt % (*map(esc, keys[i]), totals[i]) for i in counted)
                     continue
                 out.add(f"# TYPE {fam.name} counter\n# HELP {fam.name} {_help(fam.help, True)}\n")
                 pair_fmt = f"{total_fmt}{made}{{{labels}}} %s\n"
-                made_at = {od: fmt(ts) for od, ts in c.created.items()} if c else {}
+                made_at = {od: fmt(ts) for od, ts in c.created.items()} if c is not None else {}
                 out.extend(
                     pair_fmt % (*values, totals[i], *values, made_at.get((key[0], key[1]), "0"))
                     for i in counted

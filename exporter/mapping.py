@@ -119,7 +119,8 @@ class Shard:
     index: int = 0
     total: int = 1
     pushdown: bool = False
-    """Whether the SQL filters on the shard (PostgreSQL); rows are filtered again in Python."""
+    """Whether the SQL filters on the shard (PostgreSQL). Rows are checked again in Python:
+    each row, or, in a steady ``by_labels`` count, each org the first time it is met."""
 
     def owns(self, org: str) -> bool:
         return self.total == 1 or shard_of(org, self.total) == self.index

@@ -95,7 +95,9 @@ def gc_paused() -> Iterator[None]:
     lines. Both allocate tens of thousands of short-lived tuples, which reference counting
     frees; every 700 of them started a young collection all the same (8 of 49 ms of a
     steady count at 10M messages, measured). Nestable and safe across threads: the
-    collector is back on, as it was found, when the last pause ends."""
+    collector is back on, as it was found, when the last pause ends. A pause lasts the
+    whole collection, database waits included (a first count: seconds); cyclic garbage
+    that other threads make meanwhile waits for the next young collection after it."""
     global _pauses, _resume
     with _pause_lock:
         if _pauses == 0:

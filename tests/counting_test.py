@@ -322,6 +322,92 @@ def test_by_labels_rows_find_their_series_by_their_own_values() -> None:
     assert sorted(zip(batch.series, batch.counts, strict=True)) == [(0, 3), (1, 1), (2, 1)]
 
 
+def test_org_ids_that_come_back_from_arrays_as_text_are_counted_per_series(
+    empty: Engine,
+) -> None:
+    """psycopg reads an array of a type it does not know (here an enum) as one string: the
+    steady count sees that, reads the same range one row per series instead, and stays
+    exact."""
+    with empty.begin() as conn:
+        conn.execute(text("CREATE TYPE org_code AS ENUM ('o1', 'o2')"))
+    org = "CAST('o' || messages.org_id AS org_code)"
+    messages = {**reference_mapping()["messages"], "org": org}
+    coll, _ = in_process(
+        _url(empty), {"collection": {"settle_after": "1ms"}, "mapping": {"messages": messages}}
+    )
+    try:
+        for n in (2, 3, 4):
+            with empty.begin() as conn:
+                for _ in range(n):
+                    conn.execute(text(INSERT))
+                conn.execute(
+                    text(
+                        "INSERT INTO messages (org_id, direction, sender_type, channel) "
+                        "VALUES (2, 'outbound', 'bot', 'line')"
+                    )
+                )
+            run_n(coll, 2)
+        got = served(coll)["convrs_messages_total"]
+        assert got == {
+            ("o1", "inbound", "sms", "user"): 9.0,
+            ("o2", "outbound", "line", "bot"): 3.0,
+        }
+        assert coll._steady_shape(0, 10) == "counts"  # from then on
+    finally:
+        coll.db.close()
+
+
+def test_a_long_range_of_new_keys_is_counted_per_series(
+    monkeypatch: pytest.MonkeyPatch, collection: Collection, empty: Engine
+) -> None:
+    """A catch-up (after an outage, a bulk load) would put every new row's org in one array:
+    past BY_LABELS_MAX_KEYS new keys a steady count reads one row per series instead."""
+    monkeypatch.setattr("exporter.collection.BY_LABELS_MAX_KEYS", 3)
+    with empty.begin() as conn:
+        conn.execute(text(INSERT))
+    run_n(collection, 1)
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
+        if isinstance(params, dict) and "upto" in params:
+            statements.append(statement)
+
+    event.listen(collection.db.engine, "before_cursor_execute", seen)
+    for n in (2, 5):
+        with empty.begin() as conn:
+            for _ in range(n):
+                conn.execute(text(INSERT))
+        assert collection.run()
+    event.remove(collection.db.engine, "before_cursor_execute", seen)
+    spec = collection.specs.messages
+    steady = (_driver(collection, spec.by_labels_sql), _driver(collection, spec.counts_sql))
+    assert [s for s in statements if s in steady] == list(steady)  # 2 new keys, then 5
+    assert total(collection) == 8 == table_count(empty)
+
+
+def _driver(coll: Collection, sql: str | None) -> str:
+    assert sql is not None
+    return str(text(sql).compile(dialect=coll.db.engine.dialect))
+
+
+def test_a_shard_counts_only_its_own_orgs_from_by_labels_rows() -> None:
+    config = Config.model_validate(
+        {"database": {"url": "sqlite://"}, "mapping": reference_mapping()}
+    )
+    counter = MessageCounter(build_specs(config).messages, 0.0, owns=lambda org: org != "2")
+    rows = [("inbound", "sms", "user", [1, 2, 2, 3], 4, 10)]
+    counter.add_fresh(rows, 9, 0.0, None, "by_labels")
+    assert counter.totals_by_key() == {
+        ("1", "inbound", "sms", "user"): 1,
+        ("3", "inbound", "sms", "user"): 1,
+    }
+    counter.add_fresh(rows, 19, 1.0, None, "by_labels")  # the known orgs, and 2 again
+    assert counter.totals_by_key() == {
+        ("1", "inbound", "sms", "user"): 2,
+        ("3", "inbound", "sms", "user"): 2,
+    }
+
+
 def test_the_tail_is_read_only_when_a_batch_may_settle(empty: Engine) -> None:
     """Before settle_after has passed no batch can settle, so the summary reads no tail rows
     (a first count of the whole table is not re-read each collection); new rows still

@@ -123,6 +123,7 @@ class Collection:
         started = time.perf_counter()
         self.store.render()
         self.health.render_duration.set(time.perf_counter() - started)
+        trim_heap()  # the render's buffers, freed: back to the system now, not after the next run
 
     def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
         errors: dict[str, QueryError] = {}
@@ -189,9 +190,11 @@ class Collection:
             return MetricData(spec.key, _sum_series(rows, columns), now)
 
     def _columns(self, key: str, width: int) -> tuple[Callable[[Any], str], ...]:
-        """Per column of a metric's rows: its values as label values (LabelValues)."""
+        """Per column of a metric's rows: its values as label values (LabelValues). The org
+        ids of every metric share one (the same ids, 10,000 of them, not 10,000 each)."""
         cache = self._labels
-        return tuple(cache.setdefault((key, i), LabelValues()).__getitem__ for i in range(width))
+        names = [("org", 0), *((key, i) for i in range(1, width))]
+        return tuple(cache.setdefault(name, LabelValues()).__getitem__ for name in names)
 
     def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
         """The probe of which batches settle (PostgreSQL, when one may), then one snapshot

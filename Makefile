@@ -33,7 +33,7 @@ services:
 dashboard: $(STAMP)
 	$(VENV)/bin/python grafana/build_dashboard.py
 
-## The benchmark against query-exporter (about 8 minutes; prints one table).
+## The benchmark against query-exporter (about 9 minutes; prints one table).
 bench: $(STAMP) services
 	$(VENV)/bin/python bench/run.py
 

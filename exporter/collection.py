@@ -41,9 +41,10 @@ from .snapshot import MetricData, Series, Snapshot, Store
 log = logging.getLogger("convrs_exporter.collection")
 
 AGENT_STATUSES = ("active", "disabled")
-BY_LABELS_MAX_KEYS = 1_000_000
-"""New keys one steady count reads as arrays of orgs at most (a million org ids is a few
-MB); a longer range is counted one row per series."""
+BY_LABELS_MAX_ROWS = 1_000_000
+"""New rows one steady count reads as arrays of orgs at most (a million org ids is a few
+MB), estimated from the new keys and the last count's rows per key; more (a catch-up) are
+counted one row per series."""
 
 
 class Collection:
@@ -110,20 +111,19 @@ class Collection:
         elif now - self._full_gc_at >= FULL_COLLECTION_EVERY:
             full_collection()
             self._full_gc_at = now
-        trim_heap()
 
     def run_and_render(self, keys: Iterable[str] | None = None) -> bool:
         """A collection, then the render step that serves its snapshot (the scheduler's job:
         one worker, so renders never overlap collections)."""
         ok = self.run(keys)
         self._render()
+        trim_heap()  # what the collection and the render freed, back to the system
         return ok
 
     def _render(self) -> None:
         started = time.perf_counter()
         self.store.render()
         self.health.render_duration.set(time.perf_counter() - started)
-        trim_heap()  # the render's buffers, freed: back to the system now, not after the next run
 
     def _run_specs(self, specs: Sequence[Spec]) -> dict[str, QueryError]:
         errors: dict[str, QueryError] = {}
@@ -190,11 +190,10 @@ class Collection:
             return MetricData(spec.key, _sum_series(rows, columns), now)
 
     def _columns(self, key: str, width: int) -> tuple[Callable[[Any], str], ...]:
-        """Per column of a metric's rows: its values as label values (LabelValues). The org
-        ids of every metric share one (the same ids, 10,000 of them, not 10,000 each)."""
+        """Per column of a metric's rows: its values as label values (LabelValues; one per
+        column, not shared: another table's org ids may be of another type)."""
         cache = self._labels
-        names = [("org", 0), *((key, i) for i in range(1, width))]
-        return tuple(cache.setdefault(name, LabelValues()).__getitem__ for name in names)
+        return tuple(cache.setdefault((key, i), LabelValues()).__getitem__ for i in range(width))
 
     def _collect_messages(self, conn: Connection, spec: MessagesSpec, now: float) -> MetricData:
         """The probe of which batches settle (PostgreSQL, when one may), then one snapshot
@@ -265,9 +264,11 @@ class Collection:
         return MetricData(spec.key, (), now)  # the totals are read from the counter
 
     def _steady_shape(self, before: int, upper: int | None) -> Shape:
-        """``by_labels`` (PostgreSQL) unless the new keys are too many for one array of
-        orgs (a catch-up after an outage, a bulk load): then one row per series."""
-        if not self._by_labels or upper is None or upper - before > BY_LABELS_MAX_KEYS:
+        """``by_labels`` (PostgreSQL) unless the new rows are likely too many for one array
+        of orgs (a catch-up after an outage, a bulk load): then one row per series."""
+        if not self._by_labels or upper is None:
+            return "counts"
+        if (upper - before) * self.counter.rows_per_key > BY_LABELS_MAX_ROWS:
             return "counts"
         return "by_labels"
 
@@ -295,13 +296,13 @@ class Collection:
                 )
                 self.health.reconciled.inc(found)
                 self.store.publish(self.snapshot())
-            trim_heap()
             return found
 
     def reconcile_and_render(self) -> int:
         found = self.reconcile()
         if found:
             self._render()
+        trim_heap()
         return found
 
     def _mine(self, rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:

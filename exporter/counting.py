@@ -192,6 +192,9 @@ class MessageCounter:
     since: dict[tuple[str, str], float] = field(default_factory=dict)
     """Counting-since per (org, direction): oldest message at first sight; never moves."""
     collections: int = 0
+    rows_per_key: float = 1.0
+    """Of the latest steady count: how densely keys are used (1 for a plain sequence,
+    far less for keys with gaps, such as time-based ids)."""
     batches: deque[_Batch] = field(default_factory=deque)
     pending: set[tuple[str, str]] = field(default_factory=set)
     """(org, direction) pairs with series but no counting-since yet."""
@@ -356,6 +359,8 @@ class MessageCounter:
             self._first_seen(fold.firsts)
         if highest > self.highest:  # even with no rows here (another shard's, filtered out)
             self.batches.append(_Batch(highest, now, fence, found, ns, n_rows, checksum))
+            if shape != "full" and self.highest != FLOOR:
+                self.rows_per_key = n_rows / (highest - self.highest)
         self.highest = highest
         self.collections += 1
         return {(k[0], k[1]) for k in self.keys[known:]} & self.pending

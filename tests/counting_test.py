@@ -361,8 +361,9 @@ def test_a_long_range_of_new_keys_is_counted_per_series(
     monkeypatch: pytest.MonkeyPatch, collection: Collection, empty: Engine
 ) -> None:
     """A catch-up (after an outage, a bulk load) would put every new row's org in one array:
-    past BY_LABELS_MAX_KEYS new keys a steady count reads one row per series instead."""
-    monkeypatch.setattr("exporter.collection.BY_LABELS_MAX_KEYS", 3)
+    past BY_LABELS_MAX_ROWS new rows (estimated from the keys) a steady count reads one row
+    per series instead. Keys with gaps (time-based ids) are estimated by their density."""
+    monkeypatch.setattr("exporter.collection.BY_LABELS_MAX_ROWS", 3)
     with empty.begin() as conn:
         conn.execute(text(INSERT))
     run_n(collection, 1)
@@ -383,6 +384,9 @@ def test_a_long_range_of_new_keys_is_counted_per_series(
     steady = (_driver(collection, spec.by_labels_sql), _driver(collection, spec.counts_sql))
     assert [s for s in statements if s in steady] == list(steady)  # 2 new keys, then 5
     assert total(collection) == 8 == table_count(empty)
+    assert collection.counter.rows_per_key == 1.0  # 5 rows over 5 keys
+    collection.counter.rows_per_key = 1e-9  # a billion keys, one row
+    assert collection._steady_shape(0, 10**9) == "by_labels"
 
 
 def _driver(coll: Collection, sql: str | None) -> str:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from operator import call
 from types import MappingProxyType
 from typing import Any
 
@@ -21,7 +20,16 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CollectionConfig
-from .counting import CEILING, LabelValues, MessageCounter, Shape, Summary, label_value, to_unix
+from .counting import (
+    CEILING,
+    LabelValues,
+    MessageCounter,
+    Shape,
+    Summary,
+    label_value,
+    labels_of,
+    to_unix,
+)
 from .db import (
     Database,
     classify,
@@ -184,7 +192,7 @@ class Collection:
             rows = self._mine(stream(self.db, conn, spec.key, spec.sql))
             if isinstance(spec, OrgSpec):
                 columns = self._columns(spec.key, 2)
-                series = tuple(Series(_labels(columns, r), 1.0, to_unix(r[2])) for r in rows)
+                series = tuple(Series(labels_of(columns, r), 1.0, to_unix(r[2])) for r in rows)
                 return MetricData(spec.key, series, now)
             columns = self._columns(spec.key, 1 + len(spec.labels))
             return MetricData(spec.key, _sum_series(rows, columns), now)
@@ -239,29 +247,38 @@ class Collection:
             full = summary is None or not c.ready  # the first count reads the full shape
             bounds = {"after": before, "upto": CEILING if upper is None else upper}
             fresh: Iterable[Sequence[Any]] = []
-            shape: Shape = "full" if full else self._steady_shape(before, upper)
-            nothing = summary is not None and (upper is None or upper <= before)
-            if nothing:
+            shape: Shape = "full" if full else "counts"
+            if summary is not None and (upper is None or upper <= before):
                 pass  # nothing above the highest key in the summary's view
-            elif shape == "full":  # streamed: the whole table's series
+            elif full:  # streamed: the whole table's series
                 fresh = rows(spec.sql, bounds)
-            elif shape == "by_labels":  # a few dozen rows; the SQL filtered the shard
-                fresh = fetch_tuples(self.db, conn, spec.key, spec.steady_sql, bounds)
-                if not c.fits_by_labels(fresh):
-                    log.warning(
-                        "org ids of this type come back from arrays as text; "
-                        "counting new messages one row per series from now on"
-                    )
-                    self._by_labels, shape = False, "counts"
-            if shape == "counts" and not nothing:  # one row per series
-                counts = fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds)
-                fresh = list(self._mine(counts))
+            else:
+                fresh, shape = self._steady_rows(conn, spec, bounds)
             pairs = c.add_fresh(fresh, upper, now, fence, shape)
             if pairs:  # new (org, direction) pairs: when their first message was sent
                 since = rows(spec.since_sql, {"after": before, "upto": c.highest})
                 c.add_since(since, pairs, self.clock())
         self.health.recounted.set(c.recounted)
         return MetricData(spec.key, (), now)  # the totals are read from the counter
+
+    def _steady_rows(
+        self, conn: Connection, spec: MessagesSpec, bounds: dict[str, int]
+    ) -> tuple[list[Sequence[Any]], Shape]:
+        """The new rows of a steady count, and their shape: grouped by label values (a few
+        dozen rows; the SQL filtered the shard) where ``_steady_shape`` says so and they
+        come back readable, else one row per series."""
+        if self._steady_shape(bounds["after"], bounds["upto"]) == "by_labels":
+            assert spec.by_labels_sql is not None
+            fresh = fetch_tuples(self.db, conn, spec.key, spec.by_labels_sql, bounds)
+            if self.counter.fits_by_labels(fresh):
+                return fresh, "by_labels"
+            log.warning(
+                "org ids of this type come back from arrays as text; "
+                "counting new messages one row per series from now on"
+            )
+            self._by_labels = False
+        counts = fetch_tuples(self.db, conn, spec.key, spec.counts_sql, bounds)
+        return list(self._mine(counts)), "counts"
 
     def _steady_shape(self, before: int, upper: int | None) -> Shape:
         """``by_labels`` (PostgreSQL) unless the new rows are likely too many for one array
@@ -387,17 +404,9 @@ def _sum_series(
     get = sums.get
     width = len(columns)
     for row in rows:
-        key = _labels(columns, row)
+        key = labels_of(columns, row)
         sums[key] = get(key, 0.0) + float(row[width] or 0)
     return tuple(map(Series, sums.keys(), sums.values()))
-
-
-def _labels(columns: tuple[Callable[[Any], str], ...], row: Sequence[Any]) -> tuple[str, ...]:
-    """A row's first values as label values, each through its column's LabelValues."""
-    try:
-        return tuple(map(call, columns, row))
-    except TypeError:  # a value that cannot be a dict key (an array, a JSON object)
-        return tuple(label_value(v) for v in row[: len(columns)])
 
 
 def _zero_fill(data: MetricData, spec: GaugeSpec, org_ids: list[str]) -> MetricData:

@@ -107,6 +107,14 @@ class LabelValues(dict[Any, str]):
         return text
 
 
+def labels_of(columns: Sequence[Callable[[Any], str]], row: Sequence[Any]) -> tuple[str, ...]:
+    """A row's first values as label values, each through its column (LabelValues)."""
+    try:
+        return tuple(map(call, columns, row))
+    except TypeError:  # a value that cannot be a dict key (an array, a JSON object)
+        return tuple(map(label_value, row[: len(columns)]))
+
+
 @dataclass
 class _Batch:
     """The rows one collection counted: keys in (the previous highest, ``upper``]."""
@@ -178,8 +186,7 @@ class MessageCounter:
     owns: Callable[[str], bool] = field(default=lambda org: True, repr=False)
     """Whether an org is this shard's (mapping.Shard.owns): checked for each org a steady
     ``by_labels`` count meets for the first time, as ``Collection._mine`` checks rows."""
-    _org_label: LabelValues = field(default_factory=LabelValues, init=False, repr=False)
-    _label_getters: tuple[Callable[[Any], str], ...] = field(default=(), init=False, repr=False)
+    _columns: tuple[Callable[[Any], str], ...] = field(default=(), init=False, repr=False)
     """Each column's values as label values (org ids, then the labels), remembered."""
     _since_copy: dict[tuple[str, str], float] = field(default_factory=dict)
     """What the snapshots share of ``since`` (copied when it grew)."""
@@ -200,7 +207,7 @@ class MessageCounter:
     """(org, direction) pairs with series but no counting-since yet."""
 
     def __post_init__(self) -> None:
-        self._label_getters = tuple(LabelValues().__getitem__ for _ in self.spec.labels)
+        self._columns = tuple(LabelValues().__getitem__ for _ in range(self.width))
 
     @property
     def ready(self) -> bool:
@@ -345,6 +352,7 @@ class MessageCounter:
         ns: Sequence[int]
         if shape == "full":  # streamed: read whole into per-series counts, then applied
             fold = self._fold_full(rows)
+            self._first_seen(fold.firsts)
             highest = max(highest, fold.top)
             found, ns = fold.columns()
             n_rows, checksum = fold.rows, fold.checksum
@@ -355,8 +363,6 @@ class MessageCounter:
         totals = self.totals
         for i, n in zip(found, ns, strict=True):
             totals[i] += n
-        if shape == "full":
-            self._first_seen(fold.firsts)
         if highest > self.highest:  # even with no rows here (another shard's, filtered out)
             self.batches.append(_Batch(highest, now, fence, found, ns, n_rows, checksum))
             if shape != "full" and self.highest != FLOOR:
@@ -388,12 +394,12 @@ class MessageCounter:
         both in C), and found in the dict of their label values (``series_of``): no key
         and no Python call per series."""
         k = self.width - 1
-        org_label = self._org_label.__getitem__
+        org_label, label_columns = self._columns[0], self._columns[1:]
         found: list[int] = []
         ns: list[int] = []
         n_rows = checksum = 0
         for row in rows:
-            labels = self._labels_of(row[:k])
+            labels = labels_of(label_columns, row)
             orgs = row[k] or ()
             try:
                 per_org = Counter(map(org_label, orgs))
@@ -433,18 +439,8 @@ class MessageCounter:
 
     def _series(self, row: Sequence[Any]) -> int:
         """The series number of a row (org, labels...), adding the series if it is new."""
-        try:
-            org = self._org_label[row[0]]
-        except TypeError:  # an org id that cannot be a dict key
-            org = label_value(row[0])
-        return self._series_at(org, self._labels_of(row[1 : self.width]))
-
-    def _labels_of(self, values: Sequence[Any]) -> tuple[str, ...]:
-        """A row's label values (all but the org's) as text, each through its column."""
-        try:
-            return tuple(map(call, self._label_getters, values))
-        except TypeError:  # a value that cannot be a dict key (an array, a JSON object)
-            return tuple(map(label_value, values))
+        key = labels_of(self._columns, row)
+        return self._series_at(key[0], key[1:])
 
     def _series_at(self, org: str, labels: tuple[str, ...]) -> int:
         by_org = self.series_of.get(labels)

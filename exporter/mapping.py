@@ -229,23 +229,20 @@ def messages_specs(
     summary = by_labels = None
     if shard.total == 1 or shard.pushdown:
         cond = shard.condition(org)
+
+        def shard_range(upto: str) -> str:
+            """Keys in (:after, :<upto>], this shard's rows only, filtered per row."""
+            where = [f"{key} > :after", f"{key} <= :{upto}", *filters, *([cond] if cond else [])]
+            return _from(table, joins, where)
+
         if dialect == "postgresql":
-            shard_rows = _from(
-                table,
-                joins,
-                [f"{key} > :after", f"{key} <= :upto", *filters, *([cond] if cond else [])],
-            )
             label_cols = [f"{exprs[lb]} AS {lb}" for lb in labels]
             by_labels = (
                 f"SELECT {', '.join([*label_cols, f'array_agg({org}) AS orgs'])}, "
-                f"count(*) AS n, sum({residue}) AS checksum {shard_rows}"
+                f"count(*) AS n, sum({residue}) AS checksum {shard_range('upto')}"
                 + (f" {_group_by(len(labels))}" if labels else "")
             )
-        tail = _from(
-            table,
-            joins,
-            [f"{key} > :after", f"{key} <= :seen", *filters, *([cond] if cond else [])],
-        )
+        tail = shard_range("seen")
         # the highest key is only the upper bound of the next count: neither the filter nor
         # the shard narrows it, so that an index answers it at once
         above = _from(table, joins, [f"{key} > :seen"])

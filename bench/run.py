@@ -8,7 +8,6 @@ Prints one table on stdout (progress on stderr); asserts nothing. See bench/READ
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import signal
@@ -41,13 +40,9 @@ from bench_procs import (
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql
 
-from exporter.collection import Collection
+from exporter.assembly import assemble, open_database
 from exporter.config import Config, reference_mapping
-from exporter.counting import FLOOR
-from exporter.db import connect
-from exporter.exposition import Health
-from exporter.mapping import build_specs
-from exporter.snapshot import Store
+from exporter.messages.sql import FLOOR, KeyRange
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -136,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @dataclass
 class Timing:
     wall: float
-    """Seconds for Collection.run(["messages"]): SQL, fold into the totals, publish the
+    """Seconds for Job.run(["messages"]): SQL, fold into the totals, publish the
     snapshot. Rendering it is the scheduler job's next step, timed as ``render``."""
     query: float
     """SQL and fold (convrs_exporter_query_duration_seconds{query="messages"})."""
@@ -183,20 +178,9 @@ class Counting:
                 "mapping": reference_mapping(),
             }
         )
-        db = connect(
-            url,
-            statement_timeout=config.database.statement_timeout,
-            connect_timeout=config.database.connect_timeout,
-            pool_size=config.database.pool_size,
-        )
-        # build_specs takes the dialect since f5c95bd; older trees take the config alone
-        if len(inspect.signature(build_specs).parameters) > 1:
-            specs = build_specs(config, db.dialect)  # type: ignore[call-arg]
-        else:
-            specs = build_specs(config)
-        self.collection = Collection(
-            db, specs, config.collection, Store(), Health([s.key for s in specs.all()])
-        )
+        db = open_database(url, config)
+        self.running = assemble(config, db)
+        self.collection = self.running.collection
         self.sql: list[float] = []
 
         def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
@@ -214,7 +198,7 @@ class Counting:
     def run(self) -> Timing:
         self.sql.clear()
         started = time.perf_counter()
-        ok = self.collection.run(["messages"])
+        ok = self.running.job.run(["messages"])
         wall = time.perf_counter() - started
         if not ok:
             raise RuntimeError("the messages collection failed")
@@ -222,10 +206,10 @@ class Counting:
             "convrs_exporter_query_duration_seconds", {"query": "messages"}
         )
         started = time.perf_counter()
-        self.collection.store.render()  # what the scheduler's job does next: both formats
+        self.running.job.render()  # what the scheduler's job does next: both formats
         render = time.perf_counter() - started
         return Timing(
-            wall, float(query or 0.0), sum(self.sql), self.collection.counter.recounted, render
+            wall, float(query or 0.0), sum(self.sql), self.collection.counter.unsettled_rows, render
         )
 
     def close(self) -> None:
@@ -265,20 +249,19 @@ def explain_seconds(conn: Any, sql: str, params: dict[str, int]) -> float:
 def measure_floor(conn: Any, counting: Counting) -> Floor:
     """The database floor of the steady state, on the collection's own statements: one more
     batch of new messages, checked and counted as the next collection would."""
-    spec = counting.collection.specs.messages
-    assert spec.summary_sql is not None
+    sql = counting.collection.specs.messages.sql
+    assert sql.summary is not None and sql.by_labels is not None
     before = data.max_id(conn)
     data.add_messages(conn, NEW_MESSAGES, COUNT_ORGS, COUNT_CHANNELS)
     upper = data.max_id(conn)
-    settling = {"after": before - NEW_MESSAGES, "seen": before}
-    fresh = {"after": before, "upto": upper}
+    settling = KeyRange(before - NEW_MESSAGES, before).params()
+    fresh = KeyRange(before, upper).params()
     steady = statistics.median(
-        explain_seconds(conn, spec.summary_sql, settling)
-        + explain_seconds(conn, spec.steady_sql, fresh)
+        explain_seconds(conn, sql.summary, settling) + explain_seconds(conn, sql.by_labels, fresh)
         for _ in range(5)
     )
-    whole = {"after": FLOOR, "upto": upper}
-    full = min(explain_seconds(conn, spec.sql, whole) for _ in range(2))
+    whole = KeyRange(FLOOR, upper).params()
+    full = min(explain_seconds(conn, sql.full, whole) for _ in range(2))
     return Floor(steady, full)
 
 

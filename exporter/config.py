@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from .contract import MAPPED_LABELS
 from .errors import ConfigError
 
 ENV_PREFIX = "CONVRS_EXPORTER_"
@@ -168,15 +169,6 @@ class MessagesMapping(Model):
         return self
 
 
-REQUIRED_LABELS: dict[str, tuple[str, ...]] = {
-    "bots": ("channel",),
-    "agents": ("status",),
-    "flows": (),
-    "users": (),
-    "messages": ("direction", "channel", "sender"),
-}
-
-
 class MappingConfig(Model):
     organizations: OrganizationsMapping
     bots: TableMapping
@@ -187,7 +179,7 @@ class MappingConfig(Model):
 
     @model_validator(mode="after")
     def _labels_match_contract(self) -> MappingConfig:
-        for metric, required in REQUIRED_LABELS.items():
+        for metric, required in MAPPED_LABELS.items():
             entry: TableMapping | MessagesMapping = getattr(self, metric)
             if entry.query is not None:
                 continue  # a complete query's columns are checked when it runs

@@ -1,44 +1,92 @@
-"""Exposition: the snapshot as metric families, rendered once per collection; the
-exporter's own health metrics, rendered per scrape (they are few and cheap).
+"""Exposition: a snapshot as metric families, rendered to both formats once per
+collection (kept gzip-compressed), and what scrapes are served; content negotiation.
 """
 
 from __future__ import annotations
 
 import math
-import platform
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 
-from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-)
-from prometheus_client import exposition as text_format
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.openmetrics import exposition as openmetrics_format
-from prometheus_client.registry import Collector
-
-from . import __version__
-from .mapping import (
-    MESSAGES_HELP,
-    MESSAGES_METRIC,
-    ORG_INFO_HELP,
-    ORG_INFO_METRIC,
-    SINCE_HELP,
-    SINCE_METRIC,
-    Specs,
-)
-from .memory import gc_paused
-from .snapshot import GzipPrefix, MessageTotals, Series, Snapshot
+from . import contract
+from .mapping import Specs
+from .snapshot import MessageTotals, Series, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+class GzipPrefix:
+    """One encoding of the data part, kept only compressed: the open start of a gzip stream.
+
+    Written once per collection, a chunk at a time (the whole uncompressed text is never
+    held). A scrape sends ``prefix`` as it is, then ``closing(tail)``: its own lines,
+    compressed onto a copy of the compressor's saved state, and the stream's end. So a
+    scrape compresses only those few lines, and the client gets one ordinary gzip stream
+    (curl reads only the first of several members).
+    ``chunks()`` streams it back uncompressed for clients that do not accept gzip.
+    """
+
+    def __init__(self, level: int = 1) -> None:
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip wrapper
+        self._parts: list[bytes] = []
+        self.length = 0
+        """Uncompressed bytes written."""
+        self.prefix = b""
+
+    @classmethod
+    def of(cls, data: bytes) -> GzipPrefix:
+        out = cls()
+        out.write(data)
+        out.seal()
+        return out
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.length += len(data)
+        if out := self._compressor.compress(data):
+            self._parts.append(out)
+
+    def seal(self) -> None:
+        self._parts.append(self._compressor.flush(zlib.Z_SYNC_FLUSH))
+        self.prefix = b"".join(self._parts)
+        self._parts = []
+
+    def closing(self, tail: bytes) -> bytes:
+        """What follows ``prefix`` to append ``tail`` and close the stream."""
+        c = self._compressor.copy()
+        return c.compress(tail) + c.flush()
+
+    def chunks(self, size: int = 1 << 18) -> Iterator[bytes]:
+        d = zlib.decompressobj(31)
+        view = memoryview(self.prefix)
+        for start in range(0, len(view), size):
+            if out := d.decompress(view[start : start + size]):
+                yield out
+
+    def decompressed(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The data part of /metrics in each encoding (a convenience for reading it whole)."""
+
+    text_gzip: GzipPrefix
+    openmetrics_gzip: GzipPrefix
+    """Without the closing ``# EOF``: the exporter's own metrics follow it."""
+
+    @property
+    def text(self) -> bytes:
+        return self.text_gzip.decompressed()
+
+    @property
+    def openmetrics(self) -> bytes:
+        return self.openmetrics_gzip.decompressed()
 
 
 @dataclass(frozen=True)
@@ -67,34 +115,38 @@ class Counts:
 
 
 def families(specs: Specs, snapshot: Snapshot) -> list[Family]:
-    """The organization metrics of a snapshot, in exposition order."""
+    """The organization metrics of a snapshot, in exposition order (the contract's)."""
     data = snapshot.metrics
 
     def series(key: str) -> tuple[Series, ...]:
         metric = data.get(key)
         return metric.series if metric else ()
 
-    orgs = series("organizations")
-    out = [Family(ORG_INFO_METRIC, "gauge", ORG_INFO_HELP, ("org", "name"), orgs)]
-    out += [
-        Family(g.metric, "gauge", g.help, ("org", *g.labels), series(g.key)) for g in specs.gauges
-    ]
-    totals, since = _messages(snapshot.messages, orgs)
-    labels = ("org", *specs.messages.labels)
-    out.append(Family(MESSAGES_METRIC, "counter", MESSAGES_HELP, labels, counts=totals))
-    out.append(Family(SINCE_METRIC, "gauge", SINCE_HELP, ("org", "direction"), since))
+    out = [_family(contract.ORG_INFO, contract.ORG_INFO.labels, series("organizations"))]
+    out += [_family(g.metric, g.labels, series(g.key)) for g in specs.gauges]
+    totals, since = _messages(snapshot.messages, snapshot.org_since)
+    out.append(_family(contract.MESSAGES, specs.messages.labels, (), totals))
+    out.append(_family(contract.COUNTING_SINCE, contract.COUNTING_SINCE.labels, since))
     return out
 
 
+def _family(
+    metric: contract.Metric,
+    labels: tuple[str, ...],
+    series: Iterable[Series],
+    counts: Counts | None = None,
+) -> Family:
+    return Family(metric.name, metric.kind, metric.help, ("org", *labels), series, counts)
+
+
 def _messages(
-    messages: MessageTotals | None, orgs: tuple[Series, ...]
+    messages: MessageTotals | None, own: Mapping[str, float]
 ) -> tuple[Counts | None, list[Series]]:
     """The message totals (those above 0), each with its counting-since as created time, and
     counting-since per (org, direction) that has any; an organization's own
     counting-since, where the mapping reads one, comes first."""
     if messages is None:
         return None, []
-    own = {s.labels[0]: s.created for s in orgs if s.created is not None}
     since = {od: own.get(od[0], ts) for od, ts in messages.since.items()}
     keys, totals = messages.keys, messages.totals
     counted = [i for i in range(messages.size) if totals[i]]
@@ -145,10 +197,6 @@ class Renderer:
 
     def render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
         """One format of a snapshot's data part (OpenMetrics without its ``# EOF``)."""
-        with gc_paused():
-            return self._render(specs, snapshot, openmetrics)
-
-    def _render(self, specs: Specs, snapshot: Snapshot, openmetrics: bool) -> GzipPrefix:
         out = _Sink()
         esc = self._escaped.__getitem__
         fmt = _Formatted().__getitem__  # per render: as many entries as distinct values
@@ -230,6 +278,79 @@ class _Sink:
         return self.gzip
 
 
+class Encodings:
+    """A snapshot's data part in each format, each rendered at most once, when first asked
+    for: by the render step that follows a collection, or by the first scrape that wants a
+    format nobody asked for before. Concurrent askers wait for the one render."""
+
+    def __init__(self, render: Callable[[bool], GzipPrefix]) -> None:
+        self._render = render
+        self._done: dict[bool, GzipPrefix] = {}
+        self._lock = threading.Lock()
+
+    def get(self, openmetrics: bool) -> GzipPrefix:
+        done = self._done.get(openmetrics)
+        if done is not None:
+            return done
+        with self._lock:
+            done = self._done.get(openmetrics)
+            if done is None:
+                done = self._done[openmetrics] = self._render(openmetrics)
+            return done
+
+
+WANTED_FOR = 900.0
+"""A format scraped within this many seconds is rendered ahead of the next scrape."""
+
+
+class Exposition:
+    """What scrapes get: the newest snapshot rendered, in the formats scrapers asked for
+    lately. The render step that follows each collection (on the scheduler's worker)
+    renders those formats and only then serves the snapshot; so a scrape never renders
+    (but for a format asked for the first time), and a collection never waits for
+    rendering. Until then scrapes get the previous snapshot. The served snapshot is
+    replaced whole, so readers need no lock."""
+
+    def __init__(self, specs: Specs, ready: threading.Event | None = None) -> None:
+        self.specs = specs
+        """Replaced on reload: what the next snapshots are rendered with."""
+        self.renderer = Renderer()
+        self._served = self._encodings(Snapshot())
+        self._served_snapshot = Snapshot()
+        self._wanted: dict[bool, float] = {}
+        self.ready = ready or threading.Event()
+        """Set once a complete snapshot is served."""
+
+    def _encodings(self, snapshot: Snapshot) -> Encodings:
+        return Encodings(partial(self.renderer.render, self.specs, snapshot))
+
+    @property
+    def served(self) -> Snapshot:
+        return self._served_snapshot
+
+    def want(self, openmetrics: bool) -> GzipPrefix:
+        """What a scrape sends: the served snapshot in the format asked for."""
+        self._wanted[openmetrics] = time.monotonic()
+        return self._served.get(openmetrics)
+
+    def serve(self, snapshot: Snapshot) -> None:
+        """Render ``snapshot`` in the formats scraped lately (both, before any scrape) and
+        serve it."""
+        encodings = self._encodings(snapshot)
+        now = time.monotonic()
+        wanted = [om for om, at in list(self._wanted.items()) if now - at < WANTED_FOR]
+        for openmetrics in wanted or (True, False):
+            encodings.get(openmetrics)
+        self._served, self._served_snapshot = encodings, snapshot
+        if snapshot.complete:
+            self.ready.set()
+
+    def rendered(self, snapshot: Snapshot) -> Rendered:
+        """Both formats of a snapshot, whether served or not (for reading it whole)."""
+        encodings = self._encodings(snapshot)
+        return Rendered(encodings.get(False), encodings.get(True))
+
+
 def accepts(header: str | None, token: str) -> bool:
     """Whether an Accept or Accept-Encoding header lists ``token`` with a q above 0."""
     for part in (header or "").split(","):
@@ -249,123 +370,3 @@ def accepts(header: str | None, token: str) -> bool:
 
 def wants_openmetrics(accept: str | None) -> bool:
     return accepts(accept, "application/openmetrics-text")
-
-
-class ThresholdCollector:
-    """The alert thresholds from the configuration, for the rules to compare against:
-    per organization where set, and the defaults (the rules fall back to them)."""
-
-    def __init__(self, defaults: dict[str, float], per_org: dict[str, dict[str, float]]) -> None:
-        self.defaults = defaults
-        self.per_org = per_org
-
-    def update(self, defaults: dict[str, float], per_org: dict[str, dict[str, float]]) -> None:
-        self.defaults, self.per_org = defaults, per_org  # each swapped whole: readers see one
-
-    def collect(self) -> Iterator[Metric]:
-        default = GaugeMetricFamily(
-            "convrs_alert_threshold_default",
-            "Alert threshold for organizations that set none, by threshold.",
-            labels=["threshold"],
-        )
-        for name, value in sorted(self.defaults.items()):
-            default.add_metric([name], value)
-        yield default
-        own = GaugeMetricFamily(
-            "convrs_alert_threshold",
-            "Alert threshold an organization sets for itself, by threshold.",
-            labels=["org", "threshold"],
-        )
-        for org, values in sorted(self.per_org.items()):
-            for name, value in sorted(values.items()):
-                own.add_metric([org, name], value)
-        yield own
-
-
-class Health:
-    """The exporter's own metrics (spec: "The exporter's own health"), plus process metrics."""
-
-    def __init__(
-        self,
-        query_names: list[str],
-        thresholds: ThresholdCollector | None = None,
-        interval: float = 0.0,
-    ) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.thresholds = thresholds or ThresholdCollector({}, {})
-        r.register(self.thresholds)
-        self.interval = Gauge(
-            "convrs_exporter_collection_interval_seconds",
-            "The configured collection interval (the rules' staleness alert uses it).",
-            registry=r,
-        )
-        self.interval.set(interval)
-        for default in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(default)
-        self.up = Gauge("convrs_up", "1 if the latest collection succeeded, else 0.", registry=r)
-        self.last_success = Gauge(
-            "convrs_exporter_last_success_timestamp_seconds",
-            "End of the latest successful collection.",
-            registry=r,
-        )
-        self.duration = Histogram(
-            "convrs_exporter_collection_duration_seconds",
-            "Wall time of each collection.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=r,
-        )
-        self.collections = Counter(
-            "convrs_exporter_collections", "Collections run, by result.", ["result"], registry=r
-        )
-        self.query_errors = Counter(
-            "convrs_exporter_query_errors", "Failed queries, by metric.", ["query"], registry=r
-        )
-        self.query_success = Gauge(
-            "convrs_exporter_query_success",
-            "1 if the metric's latest query succeeded, else 0.",
-            ["query"],
-            registry=r,
-        )
-        self.query_duration = Gauge(
-            "convrs_exporter_query_duration_seconds",
-            "Wall time of the metric's latest query.",
-            ["query"],
-            registry=r,
-        )
-        self.reconciled = Counter(
-            "convrs_exporter_messages_reconciled",
-            "Messages the periodic reconciliation found uncounted and added.",
-            registry=r,
-        )
-        self.render_duration = Gauge(
-            "convrs_exporter_render_duration_seconds",
-            "Wall time of the latest render of the exposition (after each collection, in the "
-            "formats scraped lately).",
-            registry=r,
-        )
-        self.recounted = Gauge(
-            "convrs_exporter_messages_recounted_rows",
-            "Messages above the settled watermark: counted, checked again before they settle.",
-            registry=r,
-        )
-        Gauge(
-            "convrs_exporter_build_info",
-            "Build information, always 1.",
-            ["version", "python_version"],
-            registry=r,
-        ).labels(__version__, platform.python_version()).set(1)
-        for result in ("success", "error"):
-            self.collections.labels(result)
-        for name in query_names:
-            self.query_errors.labels(name)
-
-    def render(self, openmetrics: bool) -> bytes:
-        if openmetrics:
-            return _openmetrics(self.registry)
-        return text_format.generate_latest(self.registry)
-
-
-def _openmetrics(collector: Collector) -> bytes:
-    out: bytes = openmetrics_format.generate_latest(collector)  # type: ignore[no-untyped-call]
-    return out

@@ -21,18 +21,18 @@ from typing import Any
 from .exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
-    Health,
+    Exposition,
     accepts,
     wants_openmetrics,
 )
-from .snapshot import Store
+from .health import Health
 
 log = logging.getLogger("convrs_exporter.http")
 
 
 @dataclass(frozen=True)
 class App:
-    store: Store
+    exposition: Exposition
     health: Health
     ready: threading.Event
     telemetry_path: str = "/metrics"
@@ -158,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
     def _metrics(self, head: bool) -> None:
         app = self.server.app
         om = wants_openmetrics(self.headers.get("Accept"))
-        data = app.store.want(om)
+        data = app.exposition.want(om)
         own = app.health.render(om)
         content_type = OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE
         headers = {"Vary": "Accept, Accept-Encoding"}

@@ -12,8 +12,9 @@ import ctypes
 import ctypes.util
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 M_ARENA_MAX = -8
@@ -111,3 +112,40 @@ def gc_paused() -> Iterator[None]:
             _pauses -= 1
             if _pauses == 0 and _resume:
                 gc.enable()
+
+
+class MemoryPolicy:
+    """Everything the exporter does to the interpreter's memory, in one place, applied by
+    the scheduler's jobs around collections and renders (nothing else touches the GC):
+    the cyclic GC paused while they run, the heap frozen once the first count has built
+    the long-lived state, a full collection every ``FULL_COLLECTION_EVERY`` after that,
+    and freed memory trimmed back to the system after each render."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self._full_gc_at: float | None = None
+        """When the long-lived state was frozen, or last fully collected (monotonic);
+        None before the first count."""
+
+    def working(self) -> AbstractContextManager[None]:
+        """Around a collection or a render."""
+        return gc_paused()
+
+    def after_collection(self, built: bool) -> None:
+        """``built``: the first count has built the state that lives from now on."""
+        now = self.monotonic()
+        if self._full_gc_at is None:
+            if built:
+                freeze_heap()
+                self._full_gc_at = now
+        elif now - self._full_gc_at >= FULL_COLLECTION_EVERY:
+            full_collection()
+            self._full_gc_at = now
+
+    def after_render(self) -> None:
+        trim_heap()  # what the collection and the render freed, back to the system
+
+    def release(self) -> None:
+        """Before a reload replaces the long-lived state (``thaw_heap``)."""
+        thaw_heap()
+        self._full_gc_at = None

@@ -19,17 +19,18 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import logsetup
-from .collection import Collection
+from .assembly import Running, assemble
+from .assembly import open_database as _open_database
 from .config import Config
-from .db import Database, classify, connect, fetch_tuples, read_only
+from .db import Database, classify, fetch_tuples, read_only
 from .demo import Trickle
 from .errors import ConfigError, QueryError
-from .exposition import Health, ThresholdCollector
+from .exposition import Exposition
+from .health import Health, ThresholdCollector
 from .http import App, Server
 from .mapping import Specs, build_specs
-from .memory import thaw_heap
+from .memory import MemoryPolicy
 from .scheduler import Schedule
-from .snapshot import Store
 from .webconfig import WebSettings, load_web_config
 
 log = logging.getLogger("convrs_exporter")
@@ -44,7 +45,7 @@ def check_mapping(db: Database, specs: Specs) -> None:
                 for statement in spec.statements():
                     sql = f"SELECT * FROM ({statement}) probe WHERE 1 = 0"
                     with read_only(db, conn):
-                        params = {"after": 0, "upto": 0, "seen": 0}
+                        params = {"after": 0, "upto": 0}
                         fetch_tuples(db, conn, spec.key, sql, params)
     except QueryError as exc:
         raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
@@ -57,13 +58,7 @@ def check_mapping(db: Database, specs: Specs) -> None:
 
 def open_database(url: str, config: Config) -> Database:
     """An engine with the configured limits; its password joins the scrubbed secrets."""
-    db = connect(
-        url,
-        statement_timeout=config.database.statement_timeout,
-        connect_timeout=config.database.connect_timeout,
-        pool_size=config.database.pool_size,
-        prepared_statements=config.database.prepared_statements,
-    )
+    db = _open_database(url, config)
     logsetup.add_secret(db.secret)
     return db
 
@@ -114,10 +109,11 @@ class Runtime:
         self._lock = threading.Lock()
         self.ready = threading.Event()
         """Set once a complete snapshot is served; shared across reloads."""
-        self.store = Store(self.ready)
+        self.memory = MemoryPolicy()
         self.health: Health | None = None
+        self.exposition: Exposition | None = None
         self.parts: Parts | None = None
-        self.collection: Collection | None = None
+        self.running: Running | None = None
         self.schedule: Schedule | None = None
         self.server: Server | None = None
 
@@ -129,15 +125,16 @@ class Runtime:
             ThresholdCollector({}, {}),
             interval=cfg.collection.interval,
         )
+        self.exposition = Exposition(parts.specs, self.ready)
         self.server = Server(listen, self._app(parts))
         self._install(parts, counter_from=None)
         self.server.serve_in_thread()
 
     def _app(self, parts: Parts) -> App:
-        assert self.health is not None
+        assert self.health is not None and self.exposition is not None
         web = parts.web
         return App(
-            self.store,
+            self.exposition,
             self.health,
             self.ready,
             parts.config.web.telemetry_path,
@@ -148,7 +145,7 @@ class Runtime:
             reload=self.reload if self._lifecycle else None,
         )
 
-    def _install(self, parts: Parts, counter_from: Collection | None) -> None:
+    def _install(self, parts: Parts, counter_from: Running | None) -> None:
         assert self.health is not None
         cfg, specs = parts.config, parts.specs
         self.health.thresholds.update(
@@ -156,22 +153,26 @@ class Runtime:
             {o: t for o, t in cfg.thresholds.per_org().items() if specs.shard.owns(o)},
         )
         self.health.interval.set(cfg.collection.interval)
-        collection = Collection(parts.db, specs, cfg.collection, self.store, self.health)
-        if counter_from is not None:
-            collection.counter = counter_from.counter
-            collection.counter.spec = specs.messages
-            collection.counter.settle_after = cfg.collection.settle_after
-        schedule = Schedule(collection)
+        running = assemble(
+            cfg,
+            parts.db,
+            specs,
+            health=self.health,
+            exposition=self.exposition,
+            counter=counter_from.collection.counter if counter_from is not None else None,
+            memory=self.memory,
+        )
+        schedule = Schedule(running.job)
         if self._demo_writer is not None:
             schedule.every(2.0, Trickle(self._demo_writer).tick, "demo-trickle")
-        self.parts, self.collection, self.schedule = parts, collection, schedule
+        self.parts, self.running, self.schedule = parts, running, schedule
         schedule.start()
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the configuration; swap it in if it is good. Safe from any thread."""
         with self._lock:
             old = self.parts
-            assert old is not None and self.collection is not None
+            assert old is not None and self.running is not None
             try:
                 config = self._load()
                 new = prepare(config, self._demo_url, reuse=old)
@@ -187,10 +188,10 @@ class Runtime:
                 and new.db is old.db
                 and new.specs.shard == old.specs.shard
             )
-            previous, schedule = self.collection, self.schedule
+            previous, schedule = self.running, self.schedule
             assert schedule is not None
             schedule.stop(wait=True)  # a running collection finishes first
-            thaw_heap()  # the old state may go: let the collector reach its cycles again
+            self.memory.release()  # the old state may go: let the collector reach its cycles
             logsetup.setup(config.log.level, config.log.format)
             self._install(new, counter_from=previous if keep else None)
             assert self.server is not None
@@ -206,11 +207,12 @@ class Runtime:
         """Cancel the running collection, stop scheduling and serving, close the database.
         Returns False if a collection was still running after ``grace`` seconds."""
         with self._lock:
-            if self.collection is not None:
-                self.collection.cancel()
+            collection = self.running.collection if self.running is not None else None
+            if collection is not None:
+                collection.cancel()
             if self.schedule is not None:
                 self.schedule.stop(wait=False)
-            idle = self.collection.idle(grace) if self.collection is not None else True
+            idle = collection.idle(grace) if collection is not None else True
             if self.server is not None:
                 self.server.shutdown()
                 self.server.server_close()

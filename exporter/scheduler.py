@@ -3,27 +3,80 @@
 One worker thread for collections, so runs never overlap; a run that comes due
 while another is still going waits, and several missed runs are coalesced into one.
 Metrics with the same interval share a job, so they are read in one connection.
+Each job collects, renders what scrapes will be served, and applies the memory policy:
+the side effects of a collection are here, at the edge, not in the code it runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .collection import Collection
+from .exposition import Exposition
+from .health import Health
+from .memory import MemoryPolicy
 
 log = logging.getLogger("convrs_exporter.scheduler")
 
 
-class Schedule:
-    def __init__(self, collection: Collection) -> None:
+class Job:
+    """What the scheduler runs: a collection (or a reconciliation), then the render step
+    that serves its snapshot, with the memory policy around both."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        exposition: Exposition,
+        health: Health,
+        memory: MemoryPolicy | None = None,
+    ) -> None:
         self.collection = collection
+        self.exposition = exposition
+        self.health = health
+        self.memory = memory or MemoryPolicy()
+
+    def collect(self, keys: Iterable[str] | None = None) -> bool:
+        """A collection and the render that serves it: the scheduler's job."""
+        ok = self.run(keys)
+        self.render()
+        return ok
+
+    def run(self, keys: Iterable[str] | None = None) -> bool:
+        """The collection step alone, with the memory policy around it."""
+        with self.memory.working():
+            ok = self.collection.run(keys)
+        self.memory.after_collection(built=self.collection.counter.ready)
+        return ok
+
+    def reconcile(self) -> int:
+        with self.memory.working():
+            found = self.collection.reconcile()
+        if found:
+            self.render()
+        else:
+            self.memory.after_render()
+        return found
+
+    def render(self) -> None:
+        started = time.perf_counter()
+        with self.memory.working():
+            self.exposition.serve(self.collection.store.current)
+        self.health.render_duration.set(time.perf_counter() - started)
+        self.memory.after_render()
+
+
+class Schedule:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.collection = job.collection
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1), "side": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -42,7 +95,7 @@ class Schedule:
         now = dt.datetime.now(dt.UTC)
         for interval, keys in self.jobs().items():
             self.scheduler.add_job(
-                self.collection.run_and_render,
+                self.job.collect,
                 IntervalTrigger(seconds=interval),
                 args=[keys],
                 id="collect:" + ",".join(keys),
@@ -51,7 +104,7 @@ class Schedule:
         reconcile = self.collection.settings.reconcile_interval
         if reconcile is not None:
             self.scheduler.add_job(
-                self.collection.reconcile_and_render,
+                self.job.reconcile,
                 IntervalTrigger(seconds=reconcile),
                 id="reconcile",
             )

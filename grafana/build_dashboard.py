@@ -16,19 +16,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exporter import contract
+
 OUT = Path(__file__).parent / "dashboards" / "convrs-organization-metrics.json"
 UID = "convrs-org-metrics"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job", org=~"$org"'
 
+# the metric names, from the contract (exporter/contract.py)
+BOTS, AGENTS, FLOWS, USERS = (m.name for m in contract.GAUGES)
+MESSAGES = contract.MESSAGES.name + "_total"
+SINCE, ORG_INFO = contract.COUNTING_SINCE.name, contract.ORG_INFO.name
+
 # card -> its number in PromQL (the tests compare each with SQL)
 CARDS: dict[str, str] = {
-    "bots": f"sum(convrs_bots{{{SEL}}}) or vector(0)",
-    "agents": f"sum(convrs_agents{{{SEL}}}) or vector(0)",
-    "flows": f"sum(convrs_flows{{{SEL}}}) or vector(0)",
-    "users": f"sum(convrs_users{{{SEL}}}) or vector(0)",
-    "inbound": f'sum(convrs_messages_total{{direction="inbound", {SEL}}}) or vector(0)',
-    "outbound": f'sum(convrs_messages_total{{direction="outbound", {SEL}}}) or vector(0)',
+    "bots": f"sum({BOTS}{{{SEL}}}) or vector(0)",
+    "agents": f"sum({AGENTS}{{{SEL}}}) or vector(0)",
+    "flows": f"sum({FLOWS}{{{SEL}}}) or vector(0)",
+    "users": f"sum({USERS}{{{SEL}}}) or vector(0)",
+    "inbound": f'sum({MESSAGES}{{direction="inbound", {SEL}}}) or vector(0)',
+    "outbound": f'sum({MESSAGES}{{direction="outbound", {SEL}}}) or vector(0)',
 }
 
 
@@ -128,10 +135,7 @@ def since_override(ref: str) -> dict[str, Any]:
 
 
 def message_card(direction: str) -> dict[str, Any]:
-    since = (
-        f'min(convrs_messages_counting_since_timestamp_seconds{{direction="{direction}", '
-        f"{SEL}}}) * 1000"
-    )
+    since = f'min({SINCE}{{direction="{direction}", {SEL}}}) * 1000'
     who = "received from users" if direction == "inbound" else "sent to users"
     return stat(
         f"{direction.capitalize()} Messages",
@@ -144,14 +148,14 @@ def message_card(direction: str) -> dict[str, Any]:
 
 def ratio_panel() -> dict[str, Any]:
     out_in_range = (
-        f'sum(increase(convrs_messages_total{{direction="outbound", {SEL}}}[$__range]))'
-        f' / sum(increase(convrs_messages_total{{direction="inbound", {SEL}}}[$__range]))'
+        f'sum(increase({MESSAGES}{{direction="outbound", {SEL}}}[$__range]))'
+        f' / sum(increase({MESSAGES}{{direction="inbound", {SEL}}}[$__range]))'
     )
     out_in_total = (
-        f'sum(convrs_messages_total{{direction="outbound", {SEL}}})'
-        f' / sum(convrs_messages_total{{direction="inbound", {SEL}}})'
+        f'sum({MESSAGES}{{direction="outbound", {SEL}}})'
+        f' / sum({MESSAGES}{{direction="inbound", {SEL}}})'
     )
-    users_per_agent = f'sum(convrs_users{{{SEL}}}) / sum(convrs_agents{{status="active", {SEL}}})'
+    users_per_agent = f'sum({USERS}{{{SEL}}}) / sum({AGENTS}{{status="active", {SEL}}})'
     panel = stat(
         "Ratios",
         "Outbound per inbound message over the selected range and since counting began; "
@@ -175,10 +179,8 @@ def build() -> dict[str, Any]:
             "agents",
             "Agent accounts: the total, active and disabled.",
             [
-                target(f'sum(convrs_agents{{status="active", {SEL}}}) or vector(0)', "active", "B"),
-                target(
-                    f'sum(convrs_agents{{status="disabled", {SEL}}}) or vector(0)', "disabled", "C"
-                ),
+                target(f'sum({AGENTS}{{status="active", {SEL}}}) or vector(0)', "active", "B"),
+                target(f'sum({AGENTS}{{status="disabled", {SEL}}}) or vector(0)', "disabled", "C"),
             ],
         ),
         ("Flows", "flows", "Chatbot flows.", []),
@@ -202,7 +204,7 @@ def build() -> dict[str, Any]:
     for direction in ("inbound", "outbound"):
         for by in ("channel", "sender"):
             expr = (
-                f'sum by ({by}) (rate(convrs_messages_total{{direction="{direction}", '
+                f'sum by ({by}) (rate({MESSAGES}{{direction="{direction}", '
                 f"{SEL}}}[$__rate_interval])) * 60"
             )
             x = 0 if by == "channel" else 12
@@ -283,7 +285,7 @@ def build() -> dict[str, Any]:
                 _query_variable(
                     "org",
                     "Organization",
-                    'query_result(convrs_org_info{job=~"$job"})',
+                    f'query_result({ORG_INFO}{{job=~"$job"}})',
                     # text = the name, value = the org id. Grafana's query_result prints
                     # label values raw (quotes, newlines) and sorted, org last: match greedily
                     regex=r'/name="(?<text>.*)",org="(?<value>[^"]*)"\}/s',

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from exporter.db import read_only
 from exporter.memory import DEFAULT_FULL_THRESHOLD, FULL_COLLECTION_EVERY, gc_paused, thaw_heap
 from tests.support import pg
-from tests.support.expo import in_process, served
+from tests.support.expo import assembled, in_process, render_current, served
 
 
 def _url(engine: Engine) -> str:
@@ -18,15 +18,17 @@ def _url(engine: Engine) -> str:
 
 
 def test_every_series_equals_sql(seeded: Engine) -> None:
-    collection, _ = in_process(_url(seeded))
+    running = assembled(_url(seeded))
+    collection, job = running.collection, running.job
     assert collection.run()
     got, want = served(collection), pg.reference_counts(seeded)
     for metric, series in want.items():
         assert got[metric] == pytest.approx(series), metric
     assert len(got["convrs_org_info"]) == 4
-    assert not collection.store.ready.is_set()  # published, not yet served
-    collection.store.render()
-    assert collection.store.ready.is_set()
+    assert not running.exposition.ready.is_set()  # published, not yet served
+    job.render()
+    assert running.exposition.ready.is_set()
+    assert job.collect()  # the job's memory policy, after the first count:
     assert gc.get_freeze_count() > 0  # the first count's state is out of the collector's way
     collection.db.close()
 
@@ -36,9 +38,10 @@ def test_full_cyclic_collections_run_hourly_not_when_the_collector_wants(seeded:
     held the GIL for up to 120 ms, several times per collection, at 290,000 series); the
     collection runs one every FULL_COLLECTION_EVERY instead, and a reload's thaw gives the
     collector back its own."""
-    collection, _ = in_process(_url(seeded))
+    running = assembled(_url(seeded))
+    collection, job = running.collection, running.job
     clock = [1000.0]
-    collection.monotonic = lambda: clock[0]
+    job.memory.monotonic = lambda: clock[0]
     full: list[float] = []
 
     def watch(phase: str, info: dict[str, int]) -> None:
@@ -47,15 +50,15 @@ def test_full_cyclic_collections_run_hourly_not_when_the_collector_wants(seeded:
 
     gc.callbacks.append(watch)
     try:
-        assert collection.run()  # the first count: freezes, after one full collection
+        assert job.collect()  # the first count: freezes, after one full collection
         assert gc.get_threshold()[2] > 10**6
         assert full and full[-1] == 1000.0  # (the collector may have run some before it)
         full.clear()
         clock[0] += FULL_COLLECTION_EVERY - 1
-        assert collection.run()
+        assert job.collect()
         assert full == []  # not yet due; and none started by the collector itself
         clock[0] += 1
-        assert collection.run()
+        assert job.collect()
         assert full == [1000.0 + FULL_COLLECTION_EVERY]
         assert gc.get_threshold()[2] > 10**6
     finally:
@@ -81,22 +84,22 @@ def test_no_cyclic_collection_runs_during_a_collection_or_its_render(seeded: Eng
                 "FROM generate_series(100, 3099) o"
             )
         )
-    collection, _ = in_process(_url(seeded))
+    running = assembled(_url(seeded))
+    collection, job = running.collection, running.job
     started: list[int] = []
 
     def watch(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             started.append(info["generation"])
 
-    assert collection.run()  # the first count: it freezes the heap, with gc.collect()
+    assert job.collect()  # the first count: it freezes the heap, with gc.collect()
     gc.callbacks.append(watch)
     try:
         young = [tuple([i]) for i in range(5000)]  # what sets a young collection off
         assert started, "the watch sees collections the collector starts by itself"
         started.clear()
         for _ in range(3):
-            assert collection.run()
-            collection.store.render()
+            assert job.collect()  # a collection and its render
         # at most the one young collection that looks at what a run left alive, as the
         # collector comes back on (without the pauses: 157 here, one per 700 objects alive)
         assert len(started) <= 3, started
@@ -211,7 +214,7 @@ def test_counting_since_is_the_oldest_message_and_never_moves(seeded: Engine) ->
 def test_dropped_labels_are_summed_away(seeded: Engine) -> None:
     collection, _ = in_process(_url(seeded), {"labels": {"drop": ["channel", "sender"]}})
     assert collection.run()
-    body = collection.store.current.rendered.text.decode()
+    body = render_current(collection).text.decode()
     assert "channel=" not in body and "sender=" not in body
     with seeded.connect() as conn:
         want = {
@@ -262,4 +265,66 @@ def test_label_values_of_other_types_keep_their_own_text(seeded: Engine) -> None
         assert {k: v for k, v in got["convrs_agents"].items() if v} == want_agents
         assert {("1", "True"), ("1", "False")} <= set(want_agents)
         assert got["convrs_bots"] == want_bots
+    collection.db.close()
+
+
+def test_a_value_that_is_not_a_number_fails_its_query_not_the_collection(seeded: Engine) -> None:
+    """A mapped value or timestamp that cannot be read (text where a count or a time belongs)
+    fails that query alone: it is reported like any failed query, the others are served."""
+    mapping = {
+        "flows": {"table": "flows", "org": "flows.org_id", "value": "'many'"},
+        "organizations": {
+            "table": "organizations",
+            "id": "organizations.id",
+            "name": "organizations.name",
+            "counting_since": "'not a time'",
+        },
+    }
+    collection, _ = in_process(_url(seeded), {"mapping": mapping})
+    assert collection.run() is False
+    h = collection.health.registry.get_sample_value
+    assert h("convrs_up") == 0
+    for query in ("flows", "organizations"):
+        assert h("convrs_exporter_query_success", {"query": query}) == 0
+        assert h("convrs_exporter_query_errors_total", {"query": query}) == 1
+    for query in ("bots", "agents", "users", "messages"):
+        assert h("convrs_exporter_query_success", {"query": query}) == 1
+    assert h("convrs_exporter_collections_total", {"result": "error"}) == 1
+    got, want = served(collection), pg.reference_counts(seeded)
+    assert got["convrs_bots"] == pytest.approx(want["convrs_bots"])
+    assert got["convrs_messages_total"] == pytest.approx(want["convrs_messages_total"])
+    assert got["convrs_flows"] == {}
+    collection.db.close()
+
+
+def test_an_orgs_own_counting_since_holds_while_the_organizations_query_fails(
+    seeded: Engine,
+) -> None:
+    """Where the mapping reads counting-since from the organizations table, a failing
+    organizations query (its series withheld past stale_after) does not make counting-since
+    fall back to the oldest message counted, to jump back on recovery."""
+    with seeded.begin() as conn:
+        conn.execute(text("CREATE TABLE org_switch (on_ int)"))
+        conn.execute(text("UPDATE organizations SET created_at = '2020-01-02T03:04:05Z'"))
+    organizations = {
+        "table": "organizations",
+        "id": "organizations.id",
+        "name": "organizations.name",
+        "counting_since": "organizations.created_at",
+        "filter": "EXISTS (SELECT 1 FROM org_switch) OR NOT EXISTS (SELECT 1 FROM org_switch)",
+    }
+    collection, config = in_process(_url(seeded), {"mapping": {"organizations": organizations}})
+    clock = [1000.0]
+    collection.monotonic = lambda: clock[0]
+    assert collection.run()
+    since = served(collection)["convrs_messages_counting_since_timestamp_seconds"]
+    own = 1577934245.0  # 2020-01-02T03:04:05Z
+    assert since and set(since.values()) == {own}
+    with seeded.begin() as conn:
+        conn.execute(text("DROP TABLE org_switch"))
+    clock[0] += config.collection.stale_after_seconds(config.collection.interval) + 1
+    assert collection.run() is False  # past stale_after: the organizations' series withheld
+    got = served(collection)
+    assert got["convrs_org_info"] == {}
+    assert got["convrs_messages_counting_since_timestamp_seconds"] == since
     collection.db.close()

@@ -232,3 +232,20 @@ def test_cli_exits_2_on_a_bad_flag_value(tmp: Path) -> None:
     path = write(tmp, "{}\n")
     result = run_cli("--config.file", path, "--web.telemetry-path", "metrics", "--config.check")
     _assert_exit_2(result, "--web.telemetry-path", "should match")
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (f"mssql+pymssql://sa:{SECRET}@127.0.0.1/db", "database 'mssql' is not supported"),
+        (f"oracle://scott:{SECRET}@127.0.0.1/db", "database 'oracle' is not supported"),
+        (f"postgresql+psycopg2://u:{SECRET}@127.0.0.1/db", "driver 'psycopg2' is not supported"),
+    ],
+)
+def test_a_database_it_does_not_support_exits_2_naming_those_it_does(url: str, said: str) -> None:
+    result = run_cli("--config.check", env={"CONVRS_EXPORTER_DATABASE_URL": url})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert said in line and SECRET not in line + result.stdout
+    if "driver" not in said:
+        assert "supported: postgresql (postgresql://" in line and "sqlite (sqlite:///" in line

@@ -18,11 +18,13 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from exporter.collection import Collection
 from exporter.config import Config, reference_mapping
-from exporter.counting import MessageCounter, Summary
+from exporter.dialects import NO_FENCE
 from exporter.errors import QueryError
 from exporter.mapping import build_specs
+from exporter.messages.counter import MessageCounter, Summary
+from exporter.messages.sql import KeyRange
 from exporter.schema import metadata
-from tests.support.expo import in_process, served
+from tests.support.expo import assembled, in_process, rendered_text, served
 
 KEY = ("1", "inbound", "sms", "user")
 INSERT = (
@@ -74,10 +76,12 @@ def monitoring(empty: Engine) -> Iterator[Collection]:
 
 
 def _role_sees_all(coll: Collection) -> bool:
-    from exporter.db import pg_probe
+    from exporter.dialects.postgresql import XidProbe
 
     with coll.db.engine.connect() as conn:
-        return pg_probe(conn).sees_all
+        probe = coll.db.dialect.probe(conn)
+        assert isinstance(probe, XidProbe)
+        return probe.sees_all
 
 
 def _url(engine: Engine) -> str:
@@ -230,7 +234,7 @@ def test_a_steady_collection_counts_only_the_new_rows(
         for _ in range(5):
             conn.execute(text(INSERT))
     run_n(collection)
-    highest = collection.counter.highest
+    highest = collection.counter.counted_to
     statements: list[tuple[str, dict[str, int]]] = []
 
     def seen(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
@@ -245,14 +249,14 @@ def test_a_steady_collection_counts_only_the_new_rows(
     event.remove(collection.db.engine, "before_cursor_execute", seen)
     assert total(collection) == 8
     spec = collection.specs.messages
-    assert spec.summary_sql is not None
+    assert spec.sql.summary is not None
     (summary, s_params), (counts, c_params) = statements
-    assert "tail_rows" in summary and s_params == {"after": highest, "seen": highest}
+    assert "settling_rows" in summary and s_params == {"after": highest, "upto": highest}
     # not the full shape: one row per set of label values, the orgs as an array
     assert "first_ts" not in counts and "array_agg(messages.org_id)" in counts
     assert counts.endswith("GROUP BY 1, 2, 3")
-    assert c_params == {"after": highest, "upto": collection.counter.highest}
-    assert collection.counter.highest == highest + 3
+    assert c_params == {"after": highest, "upto": collection.counter.counted_to}
+    assert collection.counter.counted_to == highest + 3
 
 
 def test_steady_counts_by_label_values_stay_exact_for_new_series_and_odd_org_ids(
@@ -295,7 +299,7 @@ def test_steady_counts_by_label_values_stay_exact_for_new_series_and_odd_org_ids
             }
         assert served(coll)["convrs_messages_total"] == want
         assert ('o,"{} \\2', "outbound", "web", "bot") in want
-        assert coll.specs.messages.steady_sql == coll.specs.messages.by_labels_sql
+        assert coll.messages.steady_shape(KeyRange(0, 10)) == "by_labels"
     finally:
         coll.db.close()
 
@@ -306,11 +310,11 @@ def test_by_labels_rows_find_their_series_by_their_own_values() -> None:
     config = Config.model_validate(
         {"database": {"url": "sqlite://"}, "mapping": reference_mapping()}
     )
-    counter = MessageCounter(build_specs(config).messages, 0.0)
+    counter = MessageCounter(build_specs(config).messages.labels, 0.0)
     now = dt.datetime.now(dt.UTC)
-    counter.add_fresh([(1, "inbound", "sms", "user", 2, now, 2, 3)], None, 0.0, None, "full")
+    counter.add_new([(1, "inbound", "sms", "user", 2, now, 2, 3)], "full", None, 0.0, NO_FENCE)
     rows = [("inbound", "sms", "user", [1, "1", 2, 1], 4, 9), ("outbound", "sms", "bot", [1], 1, 5)]
-    pairs = counter.add_fresh(rows, 7, 1.0, None, "by_labels")
+    pairs = counter.add_new(rows, "by_labels", 7, 1.0, NO_FENCE)
     assert counter.totals_by_key() == {
         ("1", "inbound", "sms", "user"): 5,
         ("2", "inbound", "sms", "user"): 1,
@@ -352,7 +356,7 @@ def test_org_ids_that_come_back_from_arrays_as_text_are_counted_per_series(
             ("o1", "inbound", "sms", "user"): 9.0,
             ("o2", "outbound", "line", "bot"): 3.0,
         }
-        assert coll._steady_shape(0, 10) == "counts"  # from then on
+        assert coll.messages.steady_shape(KeyRange(0, 10)) == "per_series"  # from then on
     finally:
         coll.db.close()
 
@@ -363,7 +367,7 @@ def test_a_long_range_of_new_keys_is_counted_per_series(
     """A catch-up (after an outage, a bulk load) would put every new row's org in one array:
     past BY_LABELS_MAX_ROWS new rows (estimated from the keys) a steady count reads one row
     per series instead. Keys with gaps (time-based ids) are estimated by their density."""
-    monkeypatch.setattr("exporter.collection.BY_LABELS_MAX_ROWS", 3)
+    monkeypatch.setattr("exporter.messages.collector.BY_LABELS_MAX_ROWS", 3)
     with empty.begin() as conn:
         conn.execute(text(INSERT))
     run_n(collection, 1)
@@ -381,12 +385,12 @@ def test_a_long_range_of_new_keys_is_counted_per_series(
         assert collection.run()
     event.remove(collection.db.engine, "before_cursor_execute", seen)
     spec = collection.specs.messages
-    steady = (_driver(collection, spec.by_labels_sql), _driver(collection, spec.counts_sql))
+    steady = (_driver(collection, spec.sql.by_labels), _driver(collection, spec.sql.per_series))
     assert [s for s in statements if s in steady] == list(steady)  # 2 new keys, then 5
     assert total(collection) == 8 == table_count(empty)
-    assert collection.counter.rows_per_key == 1.0  # 5 rows over 5 keys
-    collection.counter.rows_per_key = 1e-9  # a billion keys, one row
-    assert collection._steady_shape(0, 10**9) == "by_labels"
+    assert collection.messages.rows_per_key == 1.0  # 5 rows over 5 keys
+    collection.messages.rows_per_key = 1e-9  # a billion keys, one row
+    assert collection.messages.steady_shape(KeyRange(0, 10**9)) == "by_labels"
 
 
 def _driver(coll: Collection, sql: str | None) -> str:
@@ -398,14 +402,14 @@ def test_a_shard_counts_only_its_own_orgs_from_by_labels_rows() -> None:
     config = Config.model_validate(
         {"database": {"url": "sqlite://"}, "mapping": reference_mapping()}
     )
-    counter = MessageCounter(build_specs(config).messages, 0.0, owns=lambda org: org != "2")
+    counter = MessageCounter(build_specs(config).messages.labels, 0.0, owns=lambda org: org != "2")
     rows = [("inbound", "sms", "user", [1, 2, 2, 3], 4, 10)]
-    counter.add_fresh(rows, 9, 0.0, None, "by_labels")
+    counter.add_new(rows, "by_labels", 9, 0.0, NO_FENCE)
     assert counter.totals_by_key() == {
         ("1", "inbound", "sms", "user"): 1,
         ("3", "inbound", "sms", "user"): 1,
     }
-    counter.add_fresh(rows, 19, 1.0, None, "by_labels")  # the known orgs, and 2 again
+    counter.add_new(rows, "by_labels", 19, 1.0, NO_FENCE)  # the known orgs, and 2 again
     assert counter.totals_by_key() == {
         ("1", "inbound", "sms", "user"): 2,
         ("3", "inbound", "sms", "user"): 2,
@@ -425,7 +429,7 @@ def test_the_tail_is_read_only_when_a_batch_may_settle(empty: Engine) -> None:
     summaries: list[dict[str, int]] = []
 
     def seen(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
-        if "tail_rows" in statement and isinstance(params, dict):
+        if "settling_rows" in statement and isinstance(params, dict):
             summaries.append(dict(params))
 
     event.listen(coll.db.engine, "before_cursor_execute", seen)
@@ -433,7 +437,7 @@ def test_the_tail_is_read_only_when_a_batch_may_settle(empty: Engine) -> None:
         conn.execute(text(INSERT))
     assert coll.run()
     event.remove(coll.db.engine, "before_cursor_execute", seen)
-    assert summaries == [{"after": watermark, "seen": watermark}]  # an empty tail range
+    assert summaries == [{"after": watermark, "upto": watermark}]  # an empty tail range
     assert coll.counter.watermark == watermark and len(coll.counter.batches) == 2
     assert total(coll) == 5 == table_count(empty)
     coll.db.close()
@@ -448,10 +452,10 @@ def test_restart_rebuilds_totals_from_the_table(collection: Collection, empty: E
         conn.execute(text("DELETE FROM messages WHERE id <= 2"))
     run_n(collection)
     assert total(collection) == 6
-    restarted, _ = in_process(_url(empty))
-    assert not restarted.store.ready.is_set()
-    assert restarted.run_and_render() and restarted.store.ready.is_set()
-    assert total(restarted) == 4 == table_count(empty)  # a counter reset, as the spec says
+    restarted = assembled(_url(empty))
+    assert not restarted.exposition.ready.is_set()
+    assert restarted.job.collect() and restarted.exposition.ready.is_set()
+    assert total(restarted.collection) == 4 == table_count(empty)  # a counter reset, as spec
     restarted.db.close()
 
 
@@ -554,7 +558,7 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
 def _settled(coll: Collection) -> dict[tuple[str, ...], int]:
     """What the counter holds as settled per series (at or below its watermark)."""
     c = coll.counter
-    return {c.keys[i]: n for i, n in enumerate(c._settled()) if n}
+    return {c.keys[i]: n for i, n in enumerate(c.settled_per_series()) if n}
 
 
 def _count_upto(engine: Engine, watermark: int) -> dict[tuple[str, ...], int]:
@@ -600,7 +604,7 @@ def test_reconciliation_adds_what_the_increments_could_not_see(empty: Engine) ->
         assert plain.reconcile() == 0
         run_n(plain)
         assert total(plain) == 4
-        body = plain.store.current.rendered.text.decode()
+        body = rendered_text(plain)
         assert "convrs_messages_total" in body
         assert (
             plain.health.registry.get_sample_value("convrs_exporter_messages_reconciled_total") == 1
@@ -616,7 +620,7 @@ def test_a_recount_lets_the_settled_batches_settle(monitoring: Collection, empty
         for _ in range(3):
             conn.execute(text(INSERT))
     assert coll.run()  # batch 1: the first count
-    first = coll.counter.highest
+    first = coll.counter.counted_to
     time.sleep(1.0)
     with empty.begin() as conn:
         for _ in range(2):
@@ -669,7 +673,7 @@ def test_a_count_that_fails_part_way_applies_nothing() -> None:
     config = Config.model_validate(
         {"database": {"url": "sqlite://"}, "mapping": reference_mapping()}
     )
-    counter = MessageCounter(build_specs(config).messages, 0.0)
+    counter = MessageCounter(build_specs(config).messages.labels, 0.0)
     now = dt.datetime.now(dt.UTC)
 
     def rows() -> Iterator[tuple[object, ...]]:
@@ -677,13 +681,13 @@ def test_a_count_that_fails_part_way_applies_nothing() -> None:
         raise QueryError("messages", "statement timeout (1s) exceeded")
 
     with pytest.raises(QueryError):
-        counter.add_fresh(rows(), None, 0.0, None, "full")
+        counter.add_new(rows(), "full", None, 0.0, NO_FENCE)
     assert sum(counter.totals) == 0 and not counter.batches and not counter.ready
-    counter.add_fresh([(1, "inbound", "sms", "user", 4, now, 4, 10)], None, 0.0, None, "full")
+    counter.add_new([(1, "inbound", "sms", "user", 4, now, 4, 10)], "full", None, 0.0, NO_FENCE)
     assert counter.totals_by_key() == {("1", "inbound", "sms", "user"): 4}
     assert counter.since == {("1", "inbound"): now.timestamp()} and not counter.pending
     # a new pair seen by a steady count waits for its counting-since; without one, now
-    pairs = counter.add_fresh([(2, "outbound", "sms", "bot", 1, 5)], 5, 1.0, None, "counts")
+    pairs = counter.add_new([(2, "outbound", "sms", "bot", 1, 5)], "per_series", 5, 1.0, NO_FENCE)
     assert pairs == counter.pending == {("2", "outbound")}
-    counter.add_since([], pairs, fallback=1_800_000_000.0)
+    counter.add_counting_since([], pairs, fallback=1_800_000_000.0)
     assert counter.since[("2", "outbound")] == 1_800_000_000.0 and not counter.pending

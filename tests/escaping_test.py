@@ -7,7 +7,7 @@ import subprocess
 from sqlalchemy import Engine, text
 
 from exporter import demo
-from tests.support.expo import in_process, parse
+from tests.support.expo import in_process, parse, render_current
 
 ODD_NAMES = [
     'He said "hi"',
@@ -27,7 +27,7 @@ def test_odd_org_names_round_trip(pg_engine: Engine) -> None:
     assert {n for _, n in want} == set(ODD_NAMES)
     collection, _ = in_process(pg_engine.url.render_as_string(hide_password=False))
     assert collection.run()
-    rendered = collection.store.current.rendered
+    rendered = render_current(collection)
     body = rendered.text.decode()
     assert set(parse(body)["convrs_org_info"]) == want
     om = rendered.openmetrics.decode() + "# EOF\n"

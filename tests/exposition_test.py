@@ -12,17 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import load_config
-from exporter.exposition import Renderer, format_value
-from exporter.mapping import build_specs
-from exporter.snapshot import (
-    GzipPrefix,
-    MessageTotals,
-    MetricData,
-    Rendered,
-    Series,
-    Snapshot,
-    Store,
-)
+from exporter.exposition import Exposition, GzipPrefix, Rendered, Renderer, format_value
+from exporter.mapping import Specs, build_specs
+from exporter.snapshot import MessageTotals, MetricData, Series, Snapshot, Store
 from tests.support.expo import parse
 
 SPECS = build_specs(load_config(None, {}))
@@ -101,27 +93,31 @@ def test_the_render_step_renders_the_formats_scraped_lately_and_serves_once_done
     one is; a format asked for later is rendered once, by the first scrape that asks; the
     store turns ready only when a complete snapshot is served."""
     renders: list[bool] = []
-    renderer = Renderer()
+    store, exposition = Store(), Exposition(SPECS)
+    renderer = exposition.renderer
 
-    def counted(snap: Snapshot, openmetrics: bool) -> GzipPrefix:
-        renders.append(openmetrics)
-        return renderer.render(SPECS, snap, openmetrics)
+    class Counted(Renderer):
+        def render(self, specs: Specs, snap: Snapshot, openmetrics: bool) -> GzipPrefix:
+            renders.append(openmetrics)
+            return renderer.render(specs, snap, openmetrics)
+
+    exposition.renderer = Counted()
 
     def published(complete: bool, names: list[str]) -> Snapshot:
-        return replace(snapshot(names, ["sms"]), complete=complete, render=counted)
+        return replace(snapshot(names, ["sms"]), complete=complete)
 
-    store = Store()
     store.publish(published(False, ["a"]))
-    assert not renders and store.served is not store.current  # published, not yet served
-    store.render()
-    assert sorted(renders) == [False, True] and not store.ready.is_set()
-    body = store.want(True).decompressed().decode()  # a scrape, served the rendered bytes
+    assert not renders and exposition.served is not store.current  # published, not yet served
+    exposition.serve(store.current)
+    assert sorted(renders) == [False, True] and not exposition.ready.is_set()
+    body = exposition.want(True).decompressed().decode()  # a scrape, served the rendered bytes
     assert 'convrs_org_info{org="0",name="a"} 1' in body and sorted(renders) == [False, True]
     renders.clear()
     store.publish(published(True, ["b"]))
-    assert 'name="a"' in store.want(True).decompressed().decode()  # the previous, until served
-    store.render()
-    assert renders == [True] and store.ready.is_set()  # only OpenMetrics was scraped lately
+    # the previous, until served
+    assert 'name="a"' in exposition.want(True).decompressed().decode()
+    exposition.serve(store.current)
+    assert renders == [True] and exposition.ready.is_set()  # only OpenMetrics scraped lately
     for _ in range(3):
-        text = store.want(False).decompressed().decode()  # first asked now: rendered once
+        text = exposition.want(False).decompressed().decode()  # first asked now: rendered once
     assert 'convrs_org_info{org="0",name="b"} 1' in text and renders == [True, False]

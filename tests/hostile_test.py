@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from exporter import demo
 from exporter.db import connect
-from tests.support.expo import in_process, parse
+from tests.support.expo import in_process, parse, render_current
 from tests.support.pg import ADMIN_DSN
 
 
@@ -65,7 +65,7 @@ def test_invalid_utf8_from_the_database(sql_ascii: Engine) -> None:
         )
     collection, _ = in_process(sql_ascii.url.render_as_string(hide_password=False))
     assert collection.run()
-    rendered = collection.store.current.rendered
+    rendered = render_current(collection)
     _check(rendered.text)
     got = parse(rendered.text.decode())
     assert got["convrs_org_info"] == {
@@ -90,7 +90,7 @@ def test_control_characters_and_very_long_values(pg_engine: Engine) -> None:
     demo.seed(pg_engine, orgs=tuple((n, 3) for n in names), seed=9)
     collection, _ = in_process(pg_engine.url.render_as_string(hide_password=False))
     assert collection.run()
-    rendered = collection.store.current.rendered
+    rendered = render_current(collection)
     _check(rendered.text)
     for got in (
         parse(rendered.text.decode()),

@@ -10,7 +10,7 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
-from tests.support.expo import assert_counts, in_process, served
+from tests.support.expo import assert_counts, in_process, render_current, served
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "examples" / "remapped.yml"
 
@@ -88,7 +88,7 @@ def test_remapped_schema_exports_the_right_numbers(pg_engine: Engine) -> None:
             },
         },
     )
-    body = collection.store.current.rendered.openmetrics.decode() + "# EOF\n"
+    body = render_current(collection).openmetrics.decode() + "# EOF\n"
     created = [
         (sample.labels["direction"], sample.value)
         for family in text_string_to_metric_families(body)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 
 from exporter.scheduler import Schedule
-from tests.support.expo import in_process
+from tests.support.expo import assembled
 
 
 def test_per_metric_intervals_run_once_at_start_and_never_overlap(seeded: Engine) -> None:
@@ -22,7 +22,8 @@ def test_per_metric_intervals_run_once_at_start_and_never_overlap(seeded: Engine
             "users": {"table": "users", "org": "users.org_id", "interval": "500ms"},
         },
     }
-    collection, _ = in_process(url, raw)
+    running = assembled(url, raw)
+    collection = running.collection
     runs: Counter[str] = Counter()
     active, overlaps = [0], [0]
     lock = threading.Lock()
@@ -42,7 +43,7 @@ def test_per_metric_intervals_run_once_at_start_and_never_overlap(seeded: Engine
                 active[0] -= 1
 
     collection.run = run  # type: ignore[method-assign]
-    schedule = Schedule(collection)
+    schedule = Schedule(running.job)
     assert schedule.jobs() == {
         0.5: ["users"],
         2.0: ["organizations", "bots", "agents", "flows", "messages"],
@@ -53,14 +54,15 @@ def test_per_metric_intervals_run_once_at_start_and_never_overlap(seeded: Engine
     assert overlaps[0] == 0
     assert runs["messages"] == 2  # at start and at 2s
     assert 6 <= runs["users"] <= 8  # at start and every 0.5s
-    assert collection.store.ready.is_set()  # the job renders and serves each collection
+    assert running.exposition.ready.is_set()  # the job renders and serves each collection
     collection.db.close()
 
 
 def test_reconciliation_is_scheduled_on_the_same_worker(seeded: Engine) -> None:
     url = seeded.url.render_as_string(hide_password=False)
-    collection, _ = in_process(url, {"collection": {"reconcile_interval": "1h"}})
-    schedule = Schedule(collection)
+    running = assembled(url, {"collection": {"reconcile_interval": "1h"}})
+    collection = running.collection
+    schedule = Schedule(running.job)
     schedule.start()
     try:
         jobs = {job.id: job for job in schedule.scheduler.get_jobs()}

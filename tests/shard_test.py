@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
+from exporter.dialects.postgresql import PostgreSQL
 from exporter.mapping import Shard, shard_of
 from tests.support.expo import in_process, served
 
@@ -17,7 +18,7 @@ def test_three_shards_serve_exactly_the_unsharded_series(seeded: Engine) -> None
     shards = []
     for index in range(3):
         coll, _ = in_process(url, {"shard": {"index": index, "total": 3}})
-        assert coll.specs.shard.pushdown and "HAVING mod(" in coll.specs.messages.sql
+        assert coll.specs.shard.in_sql and "HAVING mod(" in coll.specs.messages.sql.full
         assert coll.run()
         shards.append(served(coll))
         coll.db.close()
@@ -36,7 +37,7 @@ def test_three_shards_serve_exactly_the_unsharded_series(seeded: Engine) -> None
 def test_the_sql_hash_equals_the_python_hash(seeded: Engine) -> None:
     from sqlalchemy import text
 
-    shard = Shard(1, 7, pushdown=True)
+    shard = Shard(1, 7, PostgreSQL())
     cond = shard.condition("CAST(v AS text)")
     values = ["1", "42", "9999999", "org-a", "Zürich"]
     with seeded.connect() as conn:

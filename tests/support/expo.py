@@ -7,22 +7,13 @@ from typing import Any
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from exporter import contract
+from exporter.assembly import Running, assemble, open_database
 from exporter.collection import Collection
 from exporter.config import Config, load_config
-from exporter.db import connect
-from exporter.exposition import Health
-from exporter.mapping import build_specs
-from exporter.snapshot import Store
+from exporter.exposition import Exposition, Rendered
 
-ORG_METRICS = {
-    "convrs_bots": ("org", "channel"),
-    "convrs_agents": ("org", "status"),
-    "convrs_flows": ("org",),
-    "convrs_users": ("org",),
-    "convrs_messages_total": ("org", "direction", "channel", "sender"),
-    "convrs_messages_counting_since_timestamp_seconds": ("org", "direction"),
-    "convrs_org_info": ("org", "name"),
-}
+ORG_METRICS = contract.sample_names()
 
 Counts = dict[str, dict[tuple[str, ...], float]]
 
@@ -50,6 +41,12 @@ def sample(body: str, name: str, **labels: str) -> float | None:
 
 def in_process(url: str, raw: dict[str, Any] | None = None) -> tuple[Collection, Config]:
     """A Collection wired as the CLI wires it, against a real database, no HTTP."""
+    running = assembled(url, raw)
+    return running.collection, running.config
+
+
+def assembled(url: str, raw: dict[str, Any] | None = None) -> Running:
+    """The running parts (collection, job, exposition) as the CLI wires them, not started."""
     env = {"CONVRS_EXPORTER_DATABASE_URL": url}
     config = (
         load_config(None, env)
@@ -62,18 +59,7 @@ def in_process(url: str, raw: dict[str, Any] | None = None) -> tuple[Collection,
             }
         )
     )
-    db = connect(
-        url,
-        statement_timeout=config.database.statement_timeout,
-        connect_timeout=config.database.connect_timeout,
-        pool_size=config.database.pool_size,
-        prepared_statements=config.database.prepared_statements,
-    )
-    specs = build_specs(config, db.dialect)
-    collection = Collection(
-        db, specs, config.collection, Store(), Health([s.key for s in specs.all()])
-    )
-    return collection, config
+    return assemble(config, open_database(url, config))
 
 
 def _reference() -> dict[str, Any]:
@@ -82,8 +68,17 @@ def _reference() -> dict[str, Any]:
     return reference_mapping()
 
 
+def render_current(collection: Collection) -> Rendered:
+    """The latest published snapshot, rendered as a scrape would get it once served."""
+    return Exposition(collection.specs).rendered(collection.store.current)
+
+
+def rendered_text(collection: Collection) -> str:
+    return render_current(collection).text.decode()
+
+
 def served(collection: Collection) -> Counts:
-    return parse(collection.store.current.rendered.text.decode())
+    return parse(rendered_text(collection))
 
 
 def assert_counts(got: Counts, want: Counts) -> None:

@@ -1,0 +1,95 @@
+"""What differs per database, as the questions collection and counting ask, with the
+answers a database that needs nothing special gives. One module per database answers
+them its own way; the rest of the exporter never asks which database it is on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine
+
+
+class Fence:
+    """Taken with a count: what must have ended before the rows it counted are final.
+    The base fence asks for nothing but time (``settle_after``)."""
+
+
+class Probe:
+    """Taken before a count: which earlier fences every transaction has passed."""
+
+    def passed(self, fence: Fence) -> bool:
+        return True
+
+
+NO_FENCE = Fence()
+TIME_ONLY = Probe()
+
+
+class Dialect:
+    """One database's answers. Subclasses override what differs."""
+
+    name: ClassVar[str] = ""
+    """SQLAlchemy's backend name (``postgresql``, ``sqlite``)."""
+    url_example: ClassVar[str] = ""
+    drivers: ClassVar[tuple[str, ...]] = ()
+    """The drivers it is tested with; the first is the default for a plain URL."""
+    org_arrays: ClassVar[bool] = False
+    """Whether a steady count may group by label values with the orgs as an array."""
+
+    # --- connecting ------------------------------------------------------------------
+
+    def engine_args(self, connect_timeout: float, pool_size: int, prepared: bool) -> dict[str, Any]:
+        """Keyword arguments for ``create_engine`` (``connect_args`` among them)."""
+        return {
+            "pool_pre_ping": True,
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": connect_timeout,
+        }
+
+    def prepare_engine(self, engine: Engine) -> None:
+        """Event listeners on a new engine."""
+
+    # --- reading ---------------------------------------------------------------------
+
+    def begin(self, conn: Connection, timeout: float, snapshot: bool) -> None:
+        """First statement of a read-only transaction bounded by ``timeout`` seconds;
+        with ``snapshot`` every statement of it reads one snapshot, where it can."""
+
+    @contextmanager
+    def deadline(self, conn: Connection, seconds: float) -> Iterator[None]:
+        """Around one statement, for a database that cannot bound it on the server."""
+        yield
+
+    def cancel(self, driver_conn: Any) -> None:
+        """Stop the statement running on ``driver_conn``, from another thread."""
+
+    def is_timeout(self, error: BaseException, message: str) -> bool:
+        """Whether a driver error is the statement timeout (or ``deadline``) firing."""
+        return False
+
+    # --- SQL -------------------------------------------------------------------------
+
+    def integer(self, expr: str) -> str:
+        """``expr`` as an integer whose ``sum()`` is an integer too."""
+        return expr
+
+    def shard_hash(self, org_expr: str, total: int) -> str | None:
+        """SQL for ``mapping.shard_of(org, total)``, or None where it cannot be computed."""
+        return None
+
+    # --- settling --------------------------------------------------------------------
+
+    def probe(self, conn: Connection) -> Probe:
+        """Which transactions are still open: in a statement before the count's snapshot."""
+        return TIME_ONLY
+
+    def fenced(self, sql: str | None) -> str | None:
+        """``sql`` (one row, or None for no statement) with the fence's columns in front."""
+        return sql
+
+    def split_fence(self, row: Sequence[Any]) -> tuple[Fence, Sequence[Any]]:
+        """A fenced row: the fence, and the inner statement's columns."""
+        return NO_FENCE, row

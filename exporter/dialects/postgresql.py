@@ -1,0 +1,126 @@
+"""PostgreSQL through psycopg 3: read-only REPEATABLE READ transactions with a server-side
+statement timeout, the shard hash and the steady count's org arrays in SQL, and fences
+by transaction id (what settles the message watermark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from sqlalchemy import Connection, Engine, event, text
+
+from .base import Dialect, Fence, Probe
+
+
+@dataclass(frozen=True)
+class XidFence(Fence):
+    """Taken after the snapshot a count reads: an xid above every xid assigned so far, and
+    the database's clock. Every transaction that could still hold an uncommitted key at or
+    below the count's highest key started before ``at``, and has an xid below ``xid`` if it
+    has one yet."""
+
+    xid: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class XidProbe(Probe):
+    xmin: int
+    """The oldest transaction id still running (pg_current_snapshot's xmin)."""
+    oldest_start: dt.datetime | None
+    """Start of the oldest open transaction of any client session but ours."""
+    sees_all: bool
+    """False when pg_stat_activity hides other roles' sessions (no pg_read_all_stats)."""
+
+    def passed(self, fence: Fence) -> bool:
+        assert isinstance(fence, XidFence)
+        if self.xmin <= fence.xid:
+            return False
+        return not self.sees_all or self.oldest_start is None or self.oldest_start > fence.at
+
+
+PROBE_SQL = (
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+    "(SELECT min(xact_start) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+    " AND backend_type = 'client backend'), "
+    "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = '<insufficient privilege>')"
+)
+FENCE_COLUMNS = "pg_current_xact_id()::text::bigint AS fence_xid, clock_timestamp() AS fence_at"
+"""An XidFence, as two columns. pg_current_xact_id() gives this read-only transaction an xid
+(nothing is written): every xid assigned before it is lower."""
+
+
+class PostgreSQL(Dialect):
+    name: ClassVar[str] = "postgresql"
+    url_example: ClassVar[str] = "postgresql://user@host:5432/database"
+    drivers: ClassVar[tuple[str, ...]] = ("psycopg",)
+    org_arrays: ClassVar[bool] = True
+
+    def engine_args(self, connect_timeout: float, pool_size: int, prepared: bool) -> dict[str, Any]:
+        args = super().engine_args(connect_timeout, pool_size, prepared)
+        connect: dict[str, Any] = {
+            "connect_timeout": max(1, round(connect_timeout)),
+            "application_name": "convrs-exporter",
+        }
+        if not prepared:
+            connect["prepare_threshold"] = None
+        return {**args, "connect_args": connect}
+
+    def prepare_engine(self, engine: Engine) -> None:
+        # first_connect runs SQLAlchemy's own set-up queries (server version) through it too
+        event.listen(engine, "first_connect", _lenient_text, insert=True)
+        event.listen(engine, "connect", _lenient_text, insert=True)
+
+    def begin(self, conn: Connection, timeout: float, snapshot: bool) -> None:
+        """Each statement is planned for its own bounds (``force_custom_plan``), so that a
+        full count never runs on a plan made for a few thousand rows."""
+        level = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
+        conn.exec_driver_sql(
+            f"SET TRANSACTION {level}READ ONLY; "
+            f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}; "
+            "SET LOCAL plan_cache_mode = force_custom_plan"
+        )
+
+    def cancel(self, driver_conn: Any) -> None:
+        driver_conn.cancel()  # psycopg sends the server a cancel request
+
+    def is_timeout(self, error: BaseException, message: str) -> bool:
+        return getattr(error, "sqlstate", None) == "57014"
+
+    def integer(self, expr: str) -> str:
+        return f"CAST({expr} AS integer)"  # sum(integer) is a bigint, not a numeric
+
+    def shard_hash(self, org_expr: str, total: int) -> str:
+        digits = f"('x' || substr(md5(CAST({org_expr} AS text)), 1, 8))::bit(32)::bigint"
+        return f"mod({digits}, {total})"
+
+    def probe(self, conn: Connection) -> XidProbe:
+        row = conn.execute(text(PROBE_SQL)).one()
+        return XidProbe(xmin=int(row[0]), oldest_start=row[1], sees_all=bool(row[2]))
+
+    def fenced(self, sql: str | None) -> str:
+        """Within one REPEATABLE READ transaction the fence is taken after the snapshot that
+        every statement of it reads, which is all a fence needs (see ``XidFence``)."""
+        return f"SELECT {FENCE_COLUMNS}, inner_row.* FROM ({sql or 'SELECT 1 AS one'}) inner_row"
+
+    def split_fence(self, row: Sequence[Any]) -> tuple[Fence, Sequence[Any]]:
+        return XidFence(xid=int(row[0]), at=row[1]), row[2:]
+
+
+class _LenientText(Loader):
+    """Text from a SQL_ASCII database is whatever bytes were stored: decode them as UTF-8,
+    replacing what is not, so that a bad name is a label with U+FFFD, not a failed query."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("utf-8", errors="replace")
+
+
+def _lenient_text(dbapi_conn: Any, _record: object) -> None:
+    if dbapi_conn.info.parameter_status("server_encoding") != "SQL_ASCII":
+        return  # the server guarantees valid text in its encoding; keep psycopg's fast loader
+    for name in ("text", "varchar", "bpchar", "name"):
+        dbapi_conn.adapters.register_loader(name, _LenientText)

@@ -14,6 +14,7 @@ from .health import Health
 from .mapping import Specs, build_specs
 from .memory import MemoryPolicy
 from .messages.counter import MessageCounter
+from .messages.state import StateFile, fingerprint
 from .scheduler import Job
 from .snapshot import Store
 
@@ -60,8 +61,22 @@ def assemble(
         exposition = Exposition(specs, threading.Event())
     else:
         exposition.specs = specs
+    state = None
+    if config.collection.state_file is not None:
+        state = StateFile(
+            config.collection.state_file,
+            fingerprint(db, specs.messages, specs.shard),
+            db,
+            config.collection.state_every,
+        )
     if counter is not None:
         counter.settle_after = config.collection.settle_after
+    elif state is not None:
+        counter = MessageCounter(
+            specs.messages.labels, config.collection.settle_after, owns=specs.shard.owns
+        )
+        if not state.load(counter):
+            counter = None  # a new one: the whole table is counted
     collection = Collection(db, specs, config.collection, Store(), health, counter)
-    job = Job(collection, exposition, health, memory)
+    job = Job(collection, exposition, health, memory, state)
     return Running(config, db, specs, collection, exposition, health, job)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CollectionConfig
-from .db import Database, classify
+from .db import Database, classify, read_only
 from .errors import QueryError
 from .health import Health
 from .mapping import Specs
@@ -73,7 +73,12 @@ class Collection:
         self.organizations = OrganizationsCollector(db, specs.organizations, shard)
         self.gauges = tuple(GaugeCollector(db, spec, shard) for spec in specs.gauges)
         self.messages = MessagesCollector(
-            db, specs.messages, shard, self.counter, lambda: self.clock()
+            db,
+            specs.messages,
+            shard,
+            self.counter,
+            lambda: self.clock(),
+            lambda: self.monotonic(),
         )
         every: tuple[Collector, ...] = (self.organizations, *self.gauges, self.messages)
         self.collectors = {c.key: c for c in every}
@@ -103,6 +108,7 @@ class Collection:
         try:
             with self.db.engine.connect() as conn:
                 self._active = conn.connection.driver_connection
+                self._replication(conn)
                 for key in keys:
                     done.add(key)
                     if self._stopping:
@@ -127,10 +133,25 @@ class Collection:
             self._active = None
         return errors
 
+    def _replication(self, conn: Connection) -> None:
+        """Whether the database is a read replica, and how far behind: reported, never a
+        reason for a collection to fail (its queries say so if the database is gone)."""
+        if not self.db.dialect.replicas:
+            return
+        try:
+            with read_only(self.db, conn):
+                lag = self.db.dialect.replication_lag(conn)
+        except (QueryError, SQLAlchemyError) as exc:
+            log.debug("could not read the replication lag", extra={"err": str(exc)})
+            return
+        self.health.standby.set(0 if lag is None else 1)
+        self.health.replication_lag.set(lag or 0.0)
+
     def cancel(self) -> None:
         """On shutdown: skip the queries not yet run and cancel the one running. Safe from
         any thread."""
         self._stopping = True
+        self.messages.stopping = True
         active = self._active
         if active is None:
             return
@@ -146,14 +167,17 @@ class Collection:
             return True
         return False
 
-    def reconcile(self) -> int:
+    def reconcile(self, to_the_end: bool = True) -> int | None:
         """The safety net: a full count of the messages at or below the watermark, run at
-        ``reconcile_interval``. Returns how many uncounted messages it found and added."""
+        ``reconcile_interval``, in ranges. Returns how many uncounted messages it found and
+        added; None while it goes on (``to_the_end`` False: one turn of reading, for the
+        scheduler to interleave with collections)."""
         with self._lock:
             key = self.messages.key
             try:
                 with self.db.engine.connect() as conn:
-                    added = self.messages.reconcile(conn)
+                    self._active = conn.connection.driver_connection
+                    added = self.messages.reconcile(conn, budget=not to_the_end)
             except (QueryError, SQLAlchemyError, ValueError, TypeError) as exc:
                 err = (
                     exc
@@ -164,6 +188,11 @@ class Collection:
                 )
                 log.warning("reconciliation failed; will try again", extra={"err": err.message})
                 return 0
+            finally:
+                self._active = None
+                self._progress()
+            if added is None:
+                return None
             found = sum(added.values())
             if found:
                 log.warning(
@@ -174,6 +203,21 @@ class Collection:
                 self.store.publish(self.snapshot())
             return found
 
+    def _progress(self) -> None:
+        """The count in ranges under way (or the latest), as metrics."""
+        scan = self.messages.last_scan
+        if scan is None:
+            return
+        eta = scan.eta()
+        self.health.scan_rows.labels(scan.phase).set(scan.rows)
+        self.health.scan_estimated_rows.labels(scan.phase).set(scan.estimated_rows)
+        self.health.scan_eta.labels(scan.phase).set(eta if eta is not None else -1)
+
+    def progress(self) -> str | None:
+        """What /readyz says while the first count goes on."""
+        scan = self.messages.first_count
+        return scan.describe() if scan is not None else None
+
     def _report(self, keys: Sequence[str], errors: dict[str, QueryError], elapsed: float) -> None:
         h = self.health
         for key in keys:
@@ -183,6 +227,7 @@ class Collection:
             if not ok:
                 h.query_errors.labels(key).inc()
         self._log_transitions(keys, errors)
+        self._progress()
         h.recounted.set(self.counter.unsettled_rows)
         h.duration.observe(elapsed)
         h.collections.labels("error" if errors else "success").inc()

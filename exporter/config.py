@@ -82,6 +82,11 @@ class CollectionConfig(Model):
     """How long a message id must have been seen before it is counted as final."""
     reconcile_interval: Duration | None = 6 * 3600.0
     """How often a full count checks the settled messages (None: never)."""
+    state_file: Path | None = None
+    """Where the message counter's state is kept across restarts (none: a restart counts
+    the whole table again)."""
+    state_every: Duration = 60.0
+    """How often the state file is written at most (after a collection; and at stop)."""
 
     def stale_after_seconds(self, interval: float) -> float:
         return self.stale_after if self.stale_after is not None else 5 * interval
@@ -113,6 +118,9 @@ class TableMapping(Model):
     labels: dict[LabelName, SqlText] = {}
     value: SqlText = "count(*)"
     interval: Duration | None = None
+    statement_timeout: Duration | None = None
+    """This metric's own statement timeout (default ``database.statement_timeout``), below
+    its interval: a slow count on its own schedule may take longer than the others."""
 
     @model_validator(mode="after")
     def _table_or_query(self) -> TableMapping:
@@ -134,6 +142,9 @@ class OrganizationsMapping(Model):
     counting_since: SqlText | None = None
     """SQL expression for when message counting began, where the platform records it."""
     interval: Duration | None = None
+    statement_timeout: Duration | None = None
+    """This metric's own statement timeout (default ``database.statement_timeout``), below
+    its interval: a slow count on its own schedule may take longer than the others."""
 
     @model_validator(mode="after")
     def _table_or_query(self) -> OrganizationsMapping:
@@ -157,6 +168,9 @@ class MessagesMapping(Model):
     filter: SqlText | None = None
     labels: dict[LabelName, SqlText] = {}
     interval: Duration | None = None
+    statement_timeout: Duration | None = None
+    """This metric's own statement timeout (default ``database.statement_timeout``), below
+    its interval: a slow count on its own schedule may take longer than the others."""
 
     @model_validator(mode="after")
     def _table_or_query(self) -> MessagesMapping:
@@ -265,15 +279,27 @@ class Config(Model):
 
     @model_validator(mode="after")
     def _timeout_below_interval(self) -> Config:
-        intervals = [self.collection.interval] + [
-            m.interval for m in self.metric_mappings().values() if m.interval is not None
-        ]
-        if self.database.statement_timeout >= min(intervals):
+        default = self.database.statement_timeout
+        shared = [self.collection.interval]
+        for name, m in self.metric_mappings().items():
+            interval = m.interval or self.collection.interval
+            if m.statement_timeout is None:
+                shared.append(interval)
+            elif m.statement_timeout >= interval:
+                raise ValueError(
+                    f"mapping.{name}.statement_timeout ({m.statement_timeout:g}s) must be "
+                    f"below its collection interval ({interval:g}s)"
+                )
+        if default >= min(shared):
             raise ValueError(
-                f"database.statement_timeout ({self.database.statement_timeout:g}s) must be "
-                f"below the shortest collection interval ({min(intervals):g}s)"
+                f"database.statement_timeout ({default:g}s) must be "
+                f"below the shortest collection interval ({min(shared):g}s)"
             )
         return self
+
+    def statement_timeout(self, metric: str) -> float:
+        own = self.metric_mappings()[metric].statement_timeout
+        return own if own is not None else self.database.statement_timeout
 
     def metric_mappings(self) -> dict[str, TableMapping | MessagesMapping | OrganizationsMapping]:
         return {name: getattr(self.mapping, name) for name in MappingConfig.model_fields}

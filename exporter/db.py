@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,16 +89,19 @@ def connect(
 
 
 @contextmanager
-def read_only(db: Database, conn: Connection, snapshot: bool = False) -> Iterator[Connection]:
-    """One read-only transaction bounded by the statement timeout; with ``snapshot`` every
-    statement reads one snapshot where the database can (``Dialect.begin``).
+def read_only(
+    db: Database, conn: Connection, snapshot: bool = False, timeout: float | None = None
+) -> Iterator[Connection]:
+    """One read-only transaction bounded by the statement timeout (``timeout``, else the
+    database's); with ``snapshot`` every statement reads one snapshot where the database
+    can (``Dialect.begin``).
 
     It ends with COMMIT, or ROLLBACK on an error: the database refuses writes in it, so
     the two end it alike, but psycopg forgets its prepared statements at every rollback.
     Kept, the statements each collection repeats are parsed once per connection (the
     probe's view of pg_stat_activity took 1.3 ms to parse and plan, 0.1 ms to run)."""
     with conn.begin():  # commits on leaving, rolls back on an exception
-        db.dialect.begin(conn, db.statement_timeout, snapshot)
+        db.dialect.begin(conn, timeout or db.statement_timeout, snapshot)
         yield conn
 
 
@@ -109,54 +112,63 @@ def _errors(db: Database) -> tuple[type[BaseException], ...]:
     return (SQLAlchemyError, driver.Error) if driver is not None else (SQLAlchemyError,)
 
 
-@contextmanager
-def _cursor(
-    db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any] | None
-) -> Iterator[Any]:
-    """Run one statement; the driver's cursor to read its rows from (as the driver's own
-    tuples, without SQLAlchemy's row objects), or QueryError naming ``query``."""
-    try:
-        with db.dialect.deadline(conn, db.statement_timeout):
-            result = conn.execute(text(sql), dict(params or {}))
-            try:
-                yield result.cursor
-            finally:
-                result.close()
-    except _errors(db) as exc:
-        raise classify(db, query, exc) from None
+@dataclass(frozen=True)
+class Reader:
+    """Reads for one query (a metric): its name in errors, its statement timeout."""
+
+    db: Database
+    query: str
+    timeout: float
+
+    def read_only(self, conn: Connection, snapshot: bool = False) -> AbstractContextManager[Any]:
+        return read_only(self.db, conn, snapshot, self.timeout)
+
+    @contextmanager
+    def _cursor(
+        self, conn: Connection, sql: str, params: Mapping[str, Any] | None
+    ) -> Iterator[Any]:
+        """Run one statement; the driver's cursor to read its rows from (as the driver's own
+        tuples, without SQLAlchemy's row objects), or QueryError naming the query."""
+        try:
+            with self.db.dialect.deadline(conn, self.timeout):
+                result = conn.execute(text(sql), dict(params or {}))
+                try:
+                    yield result.cursor
+                finally:
+                    result.close()
+        except _errors(self.db) as exc:
+            raise classify(self.db, self.query, exc, self.timeout) from None
+
+    def stream(
+        self, conn: Connection, sql: str, params: Mapping[str, Any] | None = None, size: int = 5000
+    ) -> Iterator[Sequence[Any]]:
+        """One statement's rows, read a few thousand at a time; to be read whole inside the
+        transaction. A first count of 200,000 series held as one list of rows left the
+        allocator with about 80 MB it never gave back; a few thousand at a time, a few MB."""
+        with self._cursor(conn, sql, params) as cursor:
+            while chunk := cursor.fetchmany(size):
+                yield from chunk
+
+    def fetch(
+        self, conn: Connection, sql: str, params: Mapping[str, Any] | None = None
+    ) -> list[Sequence[Any]]:
+        """One statement's rows, all at once (a steady count's few thousand rows)."""
+        with self._cursor(conn, sql, params) as cursor:
+            return list(cursor.fetchall())
+
+    def fail(self, exc: BaseException) -> QueryError:
+        return classify(self.db, self.query, exc, self.timeout)
 
 
-def stream(
-    db: Database,
-    conn: Connection,
-    query: str,
-    sql: str,
-    params: Mapping[str, Any] | None = None,
-    size: int = 5000,
-) -> Iterator[Sequence[Any]]:
-    """One statement's rows, read a few thousand at a time; to be read whole inside the
-    transaction. A first count of 200,000 series held as one list of rows left the
-    allocator with about 80 MB it never gave back; a few thousand at a time it is a few MB."""
-    with _cursor(db, conn, query, sql, params) as cursor:
-        while chunk := cursor.fetchmany(size):
-            yield from chunk
-
-
-def fetch_tuples(
-    db: Database, conn: Connection, query: str, sql: str, params: Mapping[str, Any] | None = None
-) -> list[Sequence[Any]]:
-    """One statement's rows, all at once (a steady count's few thousand rows, which the
-    counter folds column by column)."""
-    with _cursor(db, conn, query, sql, params) as cursor:
-        return list(cursor.fetchall())
-
-
-def classify(db: Database, query: str, exc: BaseException) -> QueryError:
+def classify(
+    db: Database, query: str, exc: BaseException, timeout: float | None = None
+) -> QueryError:
     """A short, secret-free error for a failed statement."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     message = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     if db.secret:
         message = message.replace(db.secret, "***")
     if orig is not None and db.dialect.is_timeout(orig, message):
-        return QueryTimeout(query, f"statement timeout ({db.statement_timeout:g}s) exceeded")
+        seconds = timeout or db.statement_timeout
+        return QueryTimeout(query, f"statement timeout ({seconds:g}s) exceeded")
     return QueryError(query, message)

@@ -121,6 +121,38 @@ class Health:
             "Messages above the settled watermark: counted, checked again before they settle.",
             registry=r,
         )
+        self.scan_rows = Gauge(
+            "convrs_exporter_messages_scan_rows",
+            "Messages read so far by the count in key ranges under way (or the latest), by "
+            "phase (first count, reconciliation).",
+            ["phase"],
+            registry=r,
+        )
+        self.scan_estimated_rows = Gauge(
+            "convrs_exporter_messages_scan_estimated_rows",
+            "Messages the count in key ranges will read in all, estimated from the keys "
+            "read so far, by phase.",
+            ["phase"],
+            registry=r,
+        )
+        self.scan_eta = Gauge(
+            "convrs_exporter_messages_scan_eta_seconds",
+            "Seconds of reading the count in key ranges still needs, at its rate so far "
+            "(0 when done, -1 before it can tell), by phase.",
+            ["phase"],
+            registry=r,
+        )
+        self.standby = Gauge(
+            "convrs_exporter_database_standby",
+            "1 if the database read is a read replica (a hot standby), else 0.",
+            registry=r,
+        )
+        self.replication_lag = Gauge(
+            "convrs_exporter_replication_lag_seconds",
+            "How far the read replica is behind its primary: 0 when it has replayed all it "
+            "received, else the seconds since the last transaction it replayed; 0 on a primary.",
+            registry=r,
+        )
         Gauge(
             "convrs_exporter_build_info",
             "Build information, always 1.",

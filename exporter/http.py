@@ -45,6 +45,8 @@ class App:
     """Paths served without authentication (web config unauthenticated_paths)."""
     reload: Callable[[], tuple[bool, str]] | None = None
     """POST /-/reload, when --web.enable-lifecycle is given."""
+    progress: Callable[[], str | None] = lambda: None
+    """Why not ready yet, when there is more to say (the first count's progress)."""
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -144,12 +146,9 @@ class Handler(BaseHTTPRequestHandler):
             if app.ready.is_set():
                 self._send(200, b"ready\n", "text/plain; charset=utf-8", head)
             else:
-                self._send(
-                    503,
-                    b"not ready: no successful collection yet\n",
-                    "text/plain; charset=utf-8",
-                    head,
-                )
+                why = app.progress() or "no successful collection yet"
+                body = f"not ready: {why}\n".encode()
+                self._send(503, body, "text/plain; charset=utf-8", head)
         elif path == "/":
             self._send(200, _landing(app.telemetry_path), "text/html; charset=utf-8", head)
         else:

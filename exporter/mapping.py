@@ -29,6 +29,7 @@ class GaugeSpec:
     """The contract's labels less those dropped."""
     sql: str
     interval: float
+    timeout: float
 
     def statements(self) -> tuple[str, ...]:
         return (self.sql,)
@@ -41,6 +42,7 @@ class OrgSpec:
     key: str
     sql: str
     interval: float
+    timeout: float
 
     def statements(self) -> tuple[str, ...]:
         return (self.sql,)
@@ -52,6 +54,7 @@ class MessagesSpec:
     labels: tuple[str, ...]
     sql: MessagesSql
     interval: float
+    timeout: float
 
     def statements(self) -> tuple[str, ...]:
         return self.sql.statements()
@@ -171,6 +174,7 @@ def build_specs(config: Config, dialect: Dialect | None = None) -> Specs:
                 labels,
                 gauge_sql(entry, labels, shard),
                 entry.interval or default,
+                config.statement_timeout(metric.key),
             )
         )
     msg_labels = kept(contract.MESSAGES.labels)
@@ -181,8 +185,15 @@ def build_specs(config: Config, dialect: Dialect | None = None) -> Specs:
             "organizations",
             organizations_sql(m.organizations, shard),
             m.organizations.interval or default,
+            config.statement_timeout("organizations"),
         ),
         gauges=tuple(gauges),
         shard=shard,
-        messages=MessagesSpec("messages", msg_labels, sql, msg.interval or default),
+        messages=MessagesSpec(
+            "messages",
+            msg_labels,
+            sql,
+            msg.interval or default,
+            config.statement_timeout("messages"),
+        ),
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from .db import Database, read_only, stream
+from .db import Database, Reader
 from .labels import Columns, columns, labels_of, to_unix
 from .mapping import GaugeSpec, OrgSpec, Shard
 from .snapshot import MetricData, Series
@@ -19,16 +19,17 @@ class OrganizationsCollector:
     counting-since where the mapping reads one."""
 
     def __init__(self, db: Database, spec: OrgSpec, shard: Shard) -> None:
-        self.db, self.spec, self.shard = db, spec, shard
+        self.spec, self.shard = spec, shard
         self.key = spec.key
+        self.reader = Reader(db, spec.key, spec.timeout)
         self._columns = columns(2)
         self.counting_since: dict[str, float] = {}
         """By org, from the latest read that succeeded: kept while the query fails, so that
         counting-since does not fall back to the exporter's own and jump back."""
 
     def collect(self, conn: Connection, now: float) -> MetricData:
-        with read_only(self.db, conn):
-            rows = self.shard.mine(stream(self.db, conn, self.key, self.spec.sql))
+        with self.reader.read_only(conn):
+            rows = self.shard.mine(self.reader.stream(conn, self.spec.sql))
             series = tuple(Series(labels_of(self._columns, r), 1.0, to_unix(r[2])) for r in rows)
         self.counting_since = {s.labels[0]: s.created for s in series if s.created is not None}
         return MetricData(self.key, series, now)
@@ -38,13 +39,14 @@ class GaugeCollector:
     """Rows ``org, <labels...>, value``; equal label sets (as text) are summed."""
 
     def __init__(self, db: Database, spec: GaugeSpec, shard: Shard) -> None:
-        self.db, self.spec, self.shard = db, spec, shard
+        self.spec, self.shard = spec, shard
         self.key = spec.key
+        self.reader = Reader(db, spec.key, spec.timeout)
         self._columns = columns(1 + len(spec.labels))
 
     def collect(self, conn: Connection, now: float) -> MetricData:
-        with read_only(self.db, conn):
-            rows = self.shard.mine(stream(self.db, conn, self.key, self.spec.sql))
+        with self.reader.read_only(conn):
+            rows = self.shard.mine(self.reader.stream(conn, self.spec.sql))
             return MetricData(self.key, _sum_series(rows, self._columns), now)
 
     def zero_filled(self, data: MetricData, org_ids: Sequence[str]) -> MetricData:

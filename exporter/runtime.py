@@ -22,7 +22,7 @@ from . import logsetup
 from .assembly import Running, assemble
 from .assembly import open_database as _open_database
 from .config import Config
-from .db import Database, classify, fetch_tuples, read_only
+from .db import Database, Reader, classify
 from .demo import Trickle
 from .errors import ConfigError, QueryError
 from .exposition import Exposition
@@ -30,6 +30,7 @@ from .health import Health, ThresholdCollector
 from .http import App, Server
 from .mapping import Specs, build_specs
 from .memory import MemoryPolicy
+from .messages.sql import KeyRange
 from .scheduler import Schedule
 from .webconfig import WebSettings, load_web_config
 
@@ -42,11 +43,11 @@ def check_mapping(db: Database, specs: Specs) -> None:
     try:
         with db.engine.connect() as conn:
             for spec in specs.all():
+                reader = Reader(db, spec.key, spec.timeout)
                 for statement in spec.statements():
                     sql = f"SELECT * FROM ({statement}) probe WHERE 1 = 0"
-                    with read_only(db, conn):
-                        params = {"after": 0, "upto": 0}
-                        fetch_tuples(db, conn, spec.key, sql, params)
+                    with reader.read_only(conn):
+                        reader.fetch(conn, sql, KeyRange(0, 0).params())
     except QueryError as exc:
         raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
     except SQLAlchemyError as exc:
@@ -143,7 +144,12 @@ class Runtime:
             headers=web.headers if web else {},
             open_paths=web.open_paths if web else frozenset(),
             reload=self.reload if self._lifecycle else None,
+            progress=self._progress,
         )
+
+    def _progress(self) -> str | None:
+        running = self.running
+        return running.collection.progress() if running is not None else None
 
     def _install(self, parts: Parts, counter_from: Running | None) -> None:
         assert self.health is not None
@@ -213,6 +219,8 @@ class Runtime:
             if self.schedule is not None:
                 self.schedule.stop(wait=False)
             idle = collection.idle(grace) if collection is not None else True
+            if idle and self.running is not None:
+                self.running.job.save_state()  # what the last collection counted
             if self.server is not None:
                 self.server.shutdown()
                 self.server.server_close()

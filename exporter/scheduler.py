@@ -23,6 +23,7 @@ from .collection import Collection
 from .exposition import Exposition
 from .health import Health
 from .memory import MemoryPolicy
+from .messages.state import StateFile
 
 log = logging.getLogger("convrs_exporter.scheduler")
 
@@ -37,17 +38,27 @@ class Job:
         exposition: Exposition,
         health: Health,
         memory: MemoryPolicy | None = None,
+        state: StateFile | None = None,
     ) -> None:
         self.collection = collection
         self.exposition = exposition
         self.health = health
         self.memory = memory or MemoryPolicy()
+        self.state = state
 
     def collect(self, keys: Iterable[str] | None = None) -> bool:
-        """A collection and the render that serves it: the scheduler's job."""
+        """A collection and the render that serves it: the scheduler's job; then the state
+        file, when it is due."""
         ok = self.run(keys)
         self.render()
+        if self.state is not None and self.state.due():
+            self.save_state()
         return ok
+
+    def save_state(self) -> None:
+        if self.state is not None:
+            with self.memory.working():
+                self.state.save(self.collection.counter)
 
     def run(self, keys: Iterable[str] | None = None) -> bool:
         """The collection step alone, with the memory policy around it."""
@@ -56,9 +67,11 @@ class Job:
         self.memory.after_collection(built=self.collection.counter.ready)
         return ok
 
-    def reconcile(self) -> int:
+    def reconcile(self, to_the_end: bool = True) -> int | None:
+        """A reconciliation (or, not ``to_the_end``, one turn of it: None while it goes
+        on), and a render if it found anything."""
         with self.memory.working():
-            found = self.collection.reconcile()
+            found = self.collection.reconcile(to_the_end)
         if found:
             self.render()
         else:
@@ -104,11 +117,15 @@ class Schedule:
         reconcile = self.collection.settings.reconcile_interval
         if reconcile is not None:
             self.scheduler.add_job(
-                self.job.reconcile,
-                IntervalTrigger(seconds=reconcile),
-                id="reconcile",
+                self._reconcile, IntervalTrigger(seconds=reconcile), id="reconcile"
             )
         self.scheduler.start()
+
+    def _reconcile(self) -> None:
+        """One turn of the reconciliation; while it goes on, the next turn is queued behind
+        the collections that came due meanwhile (one worker: they interleave)."""
+        if self.job.reconcile(to_the_end=False) is None and self.scheduler.running:
+            self.scheduler.add_job(self._reconcile, id="reconcile-more", replace_existing=True)
 
     def every(self, seconds: float, func: Callable[[], object], name: str) -> None:
         """A side job (the demo's trickle of messages) on its own worker thread."""

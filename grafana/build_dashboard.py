@@ -250,10 +250,17 @@ def build() -> dict[str, Any]:
             'convrs_exporter_collection_duration_seconds_bucket{job=~"$job"}[$__rate_interval])))',
             "s",
         ),
+        (
+            "Replication lag",
+            "How far the read replica the exporter reads is behind its primary (0 on a "
+            "primary); ConvrsReplicaLagging fires past 5 minutes.",
+            'max(convrs_exporter_replication_lag_seconds{job=~"$job"})',
+            "s",
+        ),
     ]
     for i, (title, description, expr, unit) in enumerate(health):
         panel = timeseries(title, description, [target(expr, title)], unit=unit)
-        lay.add(panel, 8 * i, 8, 6)
+        lay.add(panel, 6 * i, 6, 6)
     lay.next_row(6)
 
     return {

@@ -328,3 +328,21 @@ def test_an_orgs_own_counting_since_holds_while_the_organizations_query_fails(
     assert got["convrs_org_info"] == {}
     assert got["convrs_messages_counting_since_timestamp_seconds"] == since
     collection.db.close()
+
+
+def test_a_metric_with_its_own_statement_timeout_may_take_longer(seeded: Engine) -> None:
+    slow = "SELECT org_id AS org, count(*) AS value FROM flows, pg_sleep(0.4) GROUP BY 1"
+    base = {"database": {"statement_timeout": "200ms"}}
+    own = {**base, "mapping": {"flows": {"query": slow, "statement_timeout": "3s"}}}
+    collection, _ = in_process(_url(seeded), own)
+    assert collection.run()
+    assert served(collection)["convrs_flows"] == pytest.approx(
+        pg.reference_counts(seeded)["convrs_flows"]
+    )
+    collection.db.close()
+    collection, _ = in_process(_url(seeded), {**base, "mapping": {"flows": {"query": slow}}})
+    assert collection.run() is False
+    h = collection.health.registry.get_sample_value
+    assert h("convrs_exporter_query_success", {"query": "flows"}) == 0
+    assert h("convrs_exporter_query_success", {"query": "messages"}) == 1
+    collection.db.close()

@@ -249,3 +249,11 @@ def test_a_database_it_does_not_support_exits_2_naming_those_it_does(url: str, s
     assert said in line and SECRET not in line + result.stdout
     if "driver" not in said:
         assert "supported: postgresql (postgresql://" in line and "sqlite (sqlite:///" in line
+
+
+def test_a_metric_may_have_its_own_statement_timeout_below_its_interval(tmp: Path) -> None:
+    own = "mapping:\n  users:\n    table: users\n    org: users.org_id\n    interval: 5m\n"
+    config = load_config(write(tmp, own + "    statement_timeout: 2m\n"), {})
+    assert config.statement_timeout("users") == 120 and config.statement_timeout("bots") == 10
+    with pytest.raises(ConfigError, match=r"mapping.users.statement_timeout \(300s\) must be"):
+        load_config(write(tmp, own + "    statement_timeout: 5m\n"), {})

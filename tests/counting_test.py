@@ -24,6 +24,7 @@ from exporter.mapping import build_specs
 from exporter.messages.counter import MessageCounter, Summary
 from exporter.messages.sql import KeyRange
 from exporter.schema import metadata
+from tests.support import pg
 from tests.support.expo import assembled, in_process, rendered_text, served
 
 KEY = ("1", "inbound", "sms", "user")
@@ -166,6 +167,27 @@ def test_id_taken_before_the_transaction_has_an_xid(monitoring: Collection, empt
     run_n(collection)
     assert total(collection) == 2 == table_count(empty)
     t1.close()
+
+
+def test_an_open_transaction_in_another_database_does_not_hold_the_watermark(
+    monitoring: Collection, empty: Engine
+) -> None:
+    """Only this database's sessions can write its messages: an idle-in-transaction session
+    elsewhere on the server (no xid) does not keep batches from settling."""
+    with pg.throwaway_database() as other_url:
+        name = other_url.rsplit("/", 1)[1]
+        elsewhere = psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={name}")
+        elsewhere.execute("SELECT 1")  # a transaction open, idle, from before the counts
+        try:
+            with empty.begin() as conn:
+                for _ in range(3):
+                    conn.execute(text(INSERT))
+            run_n(monitoring)
+            c = monitoring.counter
+            assert c.watermark == c.counted_to and not c.batches
+            assert total(monitoring) == 3 == table_count(empty)
+        finally:
+            elsewhere.close()
 
 
 def test_deleting_never_lowers_and_adding_moves_by_exactly_what_was_added(

@@ -114,9 +114,9 @@ def test_compose_agrees_with_the_exporter() -> None:
     assert datasource["url"] == "http://prometheus:9090"
 
 
-def _manifests() -> dict[str, dict[str, Any]]:
+def _manifests(variant: str = "kubernetes") -> dict[str, dict[str, Any]]:
     rendered = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY / "kubernetes")],
+        ["kubectl", "kustomize", str(DEPLOY / variant)],
         capture_output=True,
         text=True,
         check=True,
@@ -162,6 +162,47 @@ def test_kubernetes_manifests_agree_with_the_exporter(tmp: Path) -> None:
 
     dashboard = docs["ConfigMap/convrs-exporter-dashboard"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_the_sharded_variant_runs_one_shard_per_pod_with_its_own_state(tmp: Path) -> None:
+    """kubectl kustomize deploy/kubernetes-sharded: the base with a StatefulSet for the
+    Deployment; each pod's shard index is its ordinal, the total its replicas, and its state
+    file on a volume of its own; otherwise the same pod as the base's."""
+    base, docs = _manifests(), _manifests("kubernetes-sharded")
+    assert "Deployment/convrs-exporter" not in docs
+    sts = docs["StatefulSet/convrs-exporter"]
+    assert set(docs) - {"StatefulSet/convrs-exporter"} == set(base) - {
+        "Deployment/convrs-exporter"
+    }
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CONVRS_EXPORTER_SHARD_TOTAL"]["value"] == str(sts["spec"]["replicas"]) == "3"
+    assert env["CONVRS_EXPORTER_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    state = env["CONVRS_EXPORTER_COLLECTION_STATE_FILE"]["value"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert state.startswith(mounts["state"] + "/")
+    assert [v["metadata"]["name"] for v in sts["spec"]["volumeClaimTemplates"]] == ["state"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    base_pod = base["Deployment/convrs-exporter"]["spec"]["template"]["spec"]
+    (base_container,) = base_pod["containers"]
+    for key in ("image", "args", "ports", "livenessProbe", "readinessProbe", "resources"):
+        assert container[key] == base_container[key], key
+    # the environment names settings the exporter knows
+    from exporter.config import load_config
+
+    config = load_config(
+        None,
+        {
+            "CONVRS_EXPORTER_SHARD_TOTAL": "3",
+            "CONVRS_EXPORTER_SHARD_INDEX": "2",
+            "CONVRS_EXPORTER_COLLECTION_STATE_FILE": state,
+        },
+    )
+    assert (config.shard.index, config.shard.total) == (2, 3)
+    assert str(config.collection.state_file) == state
 
 
 def test_generated_manifests_are_in_step_with_their_sources(tmp: Path) -> None:

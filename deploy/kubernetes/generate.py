@@ -1,5 +1,6 @@
 """Generates the Prometheus Operator PrometheusRule and the Grafana sidecar ConfigMap from
-their sources, config/prometheus/rules.yml and grafana/dashboards/*.json.
+their sources, config/prometheus/rules.yml and grafana/dashboards/*.json, and the sharded
+variant's StatefulSet from deployment.yaml (so that the two pod specs never drift).
 
     python deploy/kubernetes/generate.py          # rewrite them
     python deploy/kubernetes/generate.py --check  # exit 1 if they are stale
@@ -53,9 +54,60 @@ def dashboard_configmap() -> str:
     )
 
 
+SHARDS = 3
+STATE_DIR = "/var/lib/convrs-exporter"
+
+
+def sharded_statefulset() -> str:
+    """The Deployment's pod as a StatefulSet of SHARDS: each pod serves the shard of its
+    ordinal (the pod-index label, Kubernetes 1.28+) and keeps its state file on a volume
+    of its own, so that a restart resumes instead of recounting."""
+    deployment = yaml.safe_load((HERE / "deployment.yaml").read_text())
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    pod["securityContext"]["fsGroup"] = pod["securityContext"]["runAsGroup"]
+    (container,) = pod["containers"]
+    container["env"] += [
+        {"name": "CONVRS_EXPORTER_SHARD_TOTAL", "value": str(SHARDS)},
+        {
+            "name": "CONVRS_EXPORTER_SHARD_INDEX",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+            },
+        },
+        {"name": "CONVRS_EXPORTER_COLLECTION_STATE_FILE", "value": f"{STATE_DIR}/state.json"},
+    ]
+    container["volumeMounts"].append({"name": "state", "mountPath": STATE_DIR})
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": deployment["metadata"],
+        "spec": {
+            "serviceName": "convrs-exporter",
+            "replicas": SHARDS,
+            "podManagementPolicy": "Parallel",
+            "selector": spec["selector"],
+            "template": spec["template"],
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "state"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                }
+            ],
+        },
+    }
+    header = HEADER.format("deploy/kubernetes/deployment.yaml")
+    header += "# replicas and CONVRS_EXPORTER_SHARD_TOTAL must agree: change SHARDS there.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
 OUTPUTS = {
     HERE / "prometheusrule.yaml": prometheus_rule,
     HERE / "grafana-dashboard.yaml": dashboard_configmap,
+    ROOT / "deploy" / "kubernetes-sharded" / "statefulset.yaml": sharded_statefulset,
 }
 
 

@@ -37,6 +37,8 @@ class Dialect:
     """The drivers it is tested with; the first is the default for a plain URL."""
     org_arrays: ClassVar[bool] = False
     """Whether a steady count may group by label values with the orgs as an array."""
+    replicas: ClassVar[bool] = False
+    """Whether the database may be a read replica (``replication_lag`` asks it)."""
 
     # --- connecting ------------------------------------------------------------------
 
@@ -86,6 +88,11 @@ class Dialect:
         """Which transactions are still open: in a statement before the count's snapshot."""
         return TIME_ONLY
 
+    def replication_lag(self, conn: Connection) -> float | None:
+        """Seconds a read replica is behind its primary; None on a primary. Run in a
+        read-only transaction of its own."""
+        return None
+
     def fenced(self, sql: str | None) -> str | None:
         """``sql`` (one row, or None for no statement) with the fence's columns in front."""
         return sql
@@ -93,3 +100,13 @@ class Dialect:
     def split_fence(self, row: Sequence[Any]) -> tuple[Fence, Sequence[Any]]:
         """A fenced row: the fence, and the inner statement's columns."""
         return NO_FENCE, row
+
+    def fence_to_json(self, fence: Fence) -> Any:
+        """A fence as JSON, for the state file."""
+        return None
+
+    def fence_from_json(self, data: Any) -> Fence:
+        """``fence_to_json`` undone; ValueError for what it did not write."""
+        if data is not None:
+            raise ValueError(f"not a fence of {self.name or 'this database'}")
+        return NO_FENCE

@@ -18,40 +18,66 @@ from .base import Dialect, Fence, Probe
 
 @dataclass(frozen=True)
 class XidFence(Fence):
-    """Taken after the snapshot a count reads: an xid above every xid assigned so far, and
-    the database's clock. Every transaction that could still hold an uncommitted key at or
-    below the count's highest key started before ``at``, and has an xid below ``xid`` if it
-    has one yet."""
+    """Taken right after the snapshot a count reads: the next transaction id to be assigned
+    (read, not assigned: nothing on a primary or a standby spends an xid on it), and the
+    database's clock. Every transaction that could still hold an uncommitted key at or
+    below the count's highest key started before ``at``, and has an xid below ``next_xid``
+    if it had one by then."""
 
-    xid: int
+    next_xid: int
     at: dt.datetime
 
 
 @dataclass(frozen=True)
 class XidProbe(Probe):
     xmin: int
-    """The oldest transaction id still running (pg_current_snapshot's xmin)."""
+    """The oldest transaction id still running (pg_current_snapshot's xmin; on a standby,
+    as replayed)."""
     oldest_start: dt.datetime | None
-    """Start of the oldest open transaction of any client session but ours."""
+    """Start of the oldest open transaction of any other client session in this database
+    (None on a standby, where the primary's sessions cannot be seen)."""
     sees_all: bool
-    """False when pg_stat_activity hides other roles' sessions (no pg_read_all_stats)."""
+    """False when pg_stat_activity hides other roles' sessions (no pg_read_all_stats) or
+    does not show the writers at all (a standby): then only the xid check and time guard."""
 
     def passed(self, fence: Fence) -> bool:
         assert isinstance(fence, XidFence)
-        if self.xmin <= fence.xid:
+        if self.xmin < fence.next_xid:
             return False
         return not self.sees_all or self.oldest_start is None or self.oldest_start > fence.at
 
 
+_HERE = "datname = current_database() AND pid <> pg_backend_pid()"
 PROBE_SQL = (
     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
-    "(SELECT min(xact_start) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-    " AND backend_type = 'client backend'), "
-    "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = '<insufficient privilege>')"
+    "CASE WHEN NOT pg_is_in_recovery() THEN (SELECT min(xact_start) FROM pg_stat_activity "
+    f" WHERE {_HERE} AND backend_type = 'client backend') END, "
+    "NOT pg_is_in_recovery() AND NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+    f" WHERE {_HERE} AND query = '<insufficient privilege>')"
 )
-FENCE_COLUMNS = "pg_current_xact_id()::text::bigint AS fence_xid, clock_timestamp() AS fence_at"
-"""An XidFence, as two columns. pg_current_xact_id() gives this read-only transaction an xid
-(nothing is written): every xid assigned before it is lower."""
+"""Which transactions are still open. Only this database's sessions can write its
+messages, so the sessions half is scoped to it; the xid half is cluster-wide by nature."""
+
+_XID_WRAP = 4294967296
+FENCE_SQL = (
+    f"SELECT ref.x + age((ref.x % {_XID_WRAP})::text::xid) AS fence_next_xid, "
+    "clock_timestamp() AS fence_at "
+    f"FROM (SELECT CASE WHEN xmax % {_XID_WRAP} < 3 THEN xmax - 3 ELSE xmax END AS x "
+    "FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) s) ref"
+)
+"""An XidFence, as two columns. ``age(xid)`` is the distance from the next xid to be
+assigned (read once per transaction, after its snapshot) to ``xid``: added to a
+reference at or below it (the snapshot's xmax, kept off the three special xids), it is
+that next xid in full 64 bits, with no xid assigned."""
+
+LAG_SQL = (
+    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL "
+    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+"""On a standby: 0 when it has replayed all it received, else the seconds since the last
+transaction it replayed committed (postgres_exporter's pg_replication_lag). NULL on a
+primary."""
 
 
 class PostgreSQL(Dialect):
@@ -59,6 +85,7 @@ class PostgreSQL(Dialect):
     url_example: ClassVar[str] = "postgresql://user@host:5432/database"
     drivers: ClassVar[tuple[str, ...]] = ("psycopg",)
     org_arrays: ClassVar[bool] = True
+    replicas: ClassVar[bool] = True
 
     def engine_args(self, connect_timeout: float, pool_size: int, prepared: bool) -> dict[str, Any]:
         args = super().engine_args(connect_timeout, pool_size, prepared)
@@ -103,12 +130,29 @@ class PostgreSQL(Dialect):
         return XidProbe(xmin=int(row[0]), oldest_start=row[1], sees_all=bool(row[2]))
 
     def fenced(self, sql: str | None) -> str:
-        """Within one REPEATABLE READ transaction the fence is taken after the snapshot that
+        """Within one REPEATABLE READ transaction the fence is read after the snapshot that
         every statement of it reads, which is all a fence needs (see ``XidFence``)."""
-        return f"SELECT {FENCE_COLUMNS}, inner_row.* FROM ({sql or 'SELECT 1 AS one'}) inner_row"
+        inner = sql or "SELECT 1 AS one"
+        return f"SELECT fence.*, inner_row.* FROM ({FENCE_SQL}) fence, ({inner}) inner_row"
 
     def split_fence(self, row: Sequence[Any]) -> tuple[Fence, Sequence[Any]]:
-        return XidFence(xid=int(row[0]), at=row[1]), row[2:]
+        return XidFence(next_xid=int(row[0]), at=row[1]), row[2:]
+
+    def fence_to_json(self, fence: Fence) -> Any:
+        assert isinstance(fence, XidFence)
+        return {"next_xid": fence.next_xid, "at": fence.at.isoformat()}
+
+    def fence_from_json(self, data: Any) -> Fence:
+        if not isinstance(data, dict) or set(data) != {"next_xid", "at"}:
+            raise ValueError("not a PostgreSQL fence")
+        next_xid, at = data["next_xid"], dt.datetime.fromisoformat(data["at"])
+        if type(next_xid) is not int or next_xid < 0 or at.tzinfo is None:
+            raise ValueError("not a PostgreSQL fence")
+        return XidFence(next_xid, at)
+
+    def replication_lag(self, conn: Connection) -> float | None:
+        lag = conn.execute(text(LAG_SQL)).scalar()
+        return None if lag is None else float(lag)
 
 
 class _LenientText(Loader):

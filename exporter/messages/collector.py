@@ -12,8 +12,13 @@ A collection:
    checksum, and the newest key above them);
 3. if the settling batches changed (a late commit, a deletion), a recount of them per
    series; they settle;
-4. one grouped count of the new rows only, up to that newest key (the first count: the
-   whole table, per series); counting-since for (org, direction) pairs new in it.
+4. one grouped count of the new rows only, up to that newest key; counting-since for
+   (org, direction) pairs new in it.
+
+The first count (the whole table, per series) and reconciliation run in key ranges
+(``scan.py``), each range in a snapshot of its own with its own fence, over as many
+collections as they take; each range of the first count is a batch, checked again when
+it settles, like any other.
 
 Where the database reads each statement's newest data (SQLite), a row committed after
 the summary is past its newest key and waits for the next collection; one committed
@@ -23,17 +28,20 @@ into a settling range changes its checksum, so it is recounted. The counts stay 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
 
-from ..db import Database, fetch_tuples, read_only, stream
+from ..db import Database, Reader
 from ..dialects import NO_FENCE, Fence
+from ..errors import QueryError, QueryTimeout
 from ..mapping import MessagesSpec, Shard
 from ..snapshot import MetricData
-from .counter import MessageCounter, Shape, Summary
-from .sql import CEILING, FLOOR, KeyRange
+from .counter import MessageCounter, Pair, SeriesKey, Shape, Summary
+from .scan import Reconciliation, Scan
+from .sql import BOUNDS, CEILING, FLOOR, KeyRange
 
 log = logging.getLogger("convrs_exporter.messages")
 
@@ -41,6 +49,9 @@ BY_LABELS_MAX_ROWS = 1_000_000
 """New rows one steady count reads as arrays of orgs at most (a million org ids is a few
 MB), estimated from the new keys and the last count's rows per key; more (a catch-up) are
 counted one row per series."""
+SETTLE_ROWS = 1_000_000
+"""Rows the batches that settle in one collection hold at most (one batch at least): a
+first count's ranges are checked again one by one, each statement small."""
 
 
 class MessagesCollector:
@@ -53,6 +64,7 @@ class MessagesCollector:
         shard: Shard,
         counter: MessageCounter,
         clock: Callable[[], float],
+        monotonic: Callable[[], float],
     ) -> None:
         self.db = db
         self.spec = spec
@@ -60,31 +72,42 @@ class MessagesCollector:
         self.counter = counter
         self.clock = clock
         """Wall clock: the counting-since of a pair whose first rows are gone."""
+        self.monotonic = monotonic
+        self.reader = Reader(db, self.key, spec.timeout)
+        self.budget = spec.interval / 2
+        """Seconds one collection (or one turn of a reconciliation) reads ranges at most."""
         self.by_labels = spec.sql.by_labels is not None
         """Whether steady counts read ``by_labels`` rows (until they come back unreadable)."""
         self.rows_per_key = 1.0
         """Of the latest steady count: how densely keys are used (1 for a plain sequence,
         far less for keys with gaps, such as time-based ids)."""
+        self.first_count: Scan | None = None
+        self._firsts: dict[Pair, float] = {}
+        self.reconciliation: Reconciliation | None = None
+        self.last_scan: Scan | None = None
+        """The latest count in ranges, under way or done (for the progress metrics)."""
+        self.stopping = False
 
     def _rows(self, conn: Connection, sql: str, keys: KeyRange) -> Iterable[Sequence[Any]]:
-        return self.shard.mine(stream(self.db, conn, self.key, sql, keys.params()))
+        return self.shard.mine(self.reader.stream(conn, sql, keys.params()))
 
     def collect(self, conn: Connection, now: float) -> MetricData:
         c, sql, dialect = self.counter, self.spec.sql, self.db.dialect
+        if not c.ready:
+            self._count_first(conn)
+            return MetricData(self.key, (), now)
         probe = None
         if c.may_settle(now):  # else no batch can settle by time: no need to ask
-            with read_only(self.db, conn):
+            with self.reader.read_only(conn):
                 probe = dialect.probe(conn)
-        point = c.settle_point(now, probe)
-        with read_only(self.db, conn, snapshot=True):
+        point = c.settle_point(now, probe, SETTLE_ROWS)
+        with self.reader.read_only(conn, snapshot=True):
             fence: Fence = NO_FENCE
             summary = None
             head = dialect.fenced(sql.summary)
             if head is not None:
                 # the settling part is the batches that settle now; none: an empty range
-                (row,) = fetch_tuples(
-                    self.db, conn, self.key, head, KeyRange(c.watermark, point).params()
-                )
+                (row,) = self.reader.fetch(conn, head, KeyRange(c.watermark, point).params())
                 fence, row = dialect.split_fence(row)
                 if sql.summary is not None:
                     summary = Summary.of(row)
@@ -98,11 +121,73 @@ class MessagesCollector:
             self._count_new(conn, summary, now, fence)
         return MetricData(self.key, (), now)  # the totals are read from the counter
 
+    def _bounds(self, conn: Connection) -> tuple[int | None, int | None]:
+        with self.reader.read_only(conn):
+            (row,) = self.reader.fetch(conn, self.spec.sql.bounds)
+        low, high = (row[BOUNDS.at(c)] for c in BOUNDS.columns)
+        return (None if low is None else int(low)), (None if high is None else int(high))
+
+    def _count_first(self, conn: Connection) -> None:
+        """The whole table, per series, in ranges: as many as fit in this collection's
+        budget; the count goes on in the next collection where it stopped."""
+        scan = self.first_count
+        if scan is None:
+            low, high = self._bounds(conn)
+            if low is None or high is None:  # no messages yet: counted
+                self.counter.finish_first_count({})
+                return
+            scan = self.first_count = Scan("first count", low - 1, high, self.monotonic())
+            self._firsts, self.last_scan = {}, scan
+        dialect = self.db.dialect
+
+        def count(keys: KeyRange) -> int:
+            with self.reader.read_only(conn, snapshot=True):
+                fence: Fence = NO_FENCE
+                head = dialect.fenced(None)
+                if head is not None:  # in the snapshot the range is read in
+                    (row,) = self.reader.fetch(conn, head)
+                    fence, _ = dialect.split_fence(row)
+                rows = self._rows(conn, self.spec.sql.full, keys)
+                return self.counter.add_range(
+                    rows, keys.upto, self.monotonic(), fence, self._firsts
+                )
+
+        self._run_scan(scan, count)
+        if scan.finished:
+            self.counter.finish_first_count(self._firsts)
+            self.first_count, self._firsts = None, {}
+            log.info(
+                "first count of messages done",
+                extra={"rows": scan.rows, "seconds": round(self.monotonic() - scan.started, 1)},
+            )
+
+    def _run_scan(self, scan: Scan, count: Callable[[KeyRange], int]) -> None:
+        """Ranges until the scan is done or the budget spent; a range cut by the statement
+        timeout is tried again, smaller."""
+        deadline, first = time.monotonic() + self.budget, True
+        while not scan.finished and (first or time.monotonic() < deadline) and not self.stopping:
+            first = False
+            keys = scan.next_range()
+            began = time.monotonic()
+            try:
+                rows = count(keys)
+            except QueryTimeout:
+                if self.stopping or not scan.failed():
+                    raise
+                log.info(
+                    "a range of messages took too long; trying a smaller one",
+                    extra={"phase": scan.phase, "keys": scan.step},
+                )
+                continue
+            scan.done(keys, rows, time.monotonic() - began, self.reader.timeout)
+            scan.report(self.monotonic())
+        if self.stopping and not scan.finished:
+            raise QueryError(self.key, "cancelled: stopping")
+
     def _count_new(
         self, conn: Connection, summary: Summary | None, now: float, fence: Fence
     ) -> None:
-        """The new rows, up to the summary's newest key: the whole table, per series, the
-        first time; then grouped (``_steady_rows``)."""
+        """The new rows, up to the summary's newest key (``_steady_rows``)."""
         c = self.counter
         before = c.counted_to
         upper = None if summary is None else summary.newest_key
@@ -111,7 +196,7 @@ class MessagesCollector:
         shape: Shape = "full"
         if summary is not None and (upper is None or keys.empty):
             shape = "per_series"  # nothing above the highest key in the summary's view
-        elif summary is None or not c.ready:  # streamed: the whole table's series
+        elif summary is None:  # no summary (a shard not filtered in SQL): per series
             rows = self._rows(conn, self.spec.sql.full, keys)
         else:
             rows, shape = self._steady_rows(conn, keys)
@@ -129,7 +214,7 @@ class MessagesCollector:
         sql = self.spec.sql
         if self.steady_shape(keys) == "by_labels":
             assert sql.by_labels is not None
-            rows = fetch_tuples(self.db, conn, self.key, sql.by_labels, keys.params())
+            rows = self.reader.fetch(conn, sql.by_labels, keys.params())
             if self.counter.by_labels_whole(rows):
                 return rows, "by_labels"
             log.warning(
@@ -137,7 +222,7 @@ class MessagesCollector:
                 "counting new messages one row per series from now on"
             )
             self.by_labels = False
-        rows = fetch_tuples(self.db, conn, self.key, sql.per_series, keys.params())
+        rows = self.reader.fetch(conn, sql.per_series, keys.params())
         return list(self.shard.mine(rows)), "per_series"
 
     def steady_shape(self, keys: KeyRange) -> Shape:
@@ -149,11 +234,35 @@ class MessagesCollector:
             return "per_series"
         return "by_labels"
 
-    def reconcile(self, conn: Connection) -> dict[tuple[str, ...], int]:
-        """The safety net: a full count of the messages at or below the watermark. Returns
-        the uncounted messages it found (and added), per series."""
-        keys = self.counter.reconcile_range()
-        if keys is None:
-            return {}
-        with read_only(self.db, conn):
-            return self.counter.reconcile(self._rows(conn, self.spec.sql.full, keys))
+    def reconcile(self, conn: Connection, budget: bool = True) -> dict[SeriesKey, int] | None:
+        """The safety net: a full count of the messages at or below the watermark, in
+        ranges. Returns the uncounted messages it found (and added) per series once it is
+        done; None while it goes on (``budget``: this turn reads for ``self.budget``
+        seconds at most; without, to the end)."""
+        r = self.reconciliation
+        if r is None:
+            keys = self.counter.reconcile_range()
+            if keys is None:
+                return {}
+            low, _ = self._bounds(conn)
+            if low is None:
+                return {}
+            scan = self.last_scan = Scan("reconciliation", low - 1, keys.upto, self.monotonic())
+            r = self.reconciliation = Reconciliation(scan, self.counter.settled_per_series())
+
+        def count(keys: KeyRange) -> int:
+            with self.reader.read_only(conn):
+                rows = self._rows(conn, self.spec.sql.full, keys)
+                return self.counter.reconcile_fold(rows, r.found)
+
+        saved = self.budget
+        if not budget:
+            self.budget = float("inf")
+        try:
+            self._run_scan(r.scan, count)  # a failed range: it goes on there next time
+        finally:
+            self.budget = saved
+        if not r.scan.finished:
+            return None
+        self.reconciliation = None
+        return self.counter.reconciled(r.found, r.settled)

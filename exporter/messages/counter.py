@@ -154,13 +154,19 @@ class MessageCounter:
         is a probe worth taking."""
         return bool(self.batches) and now - self.batches[0].at >= self.settle_after
 
-    def settle_point(self, now: float, probe: Probe | None) -> int:
-        """The highest batch bound that may settle now (None: no probe, nothing may)."""
-        point = self.watermark
+    def settle_point(self, now: float, probe: Probe | None, max_rows: int | None = None) -> int:
+        """The highest batch bound that may settle now (None: no probe, nothing may); with
+        ``max_rows``, as few batches as hold at most that many rows (one at least), so that
+        the statements that check them stay small (a first count's ranges settle one by
+        one)."""
+        point, rows = self.watermark, 0
         if probe is None:
             return point
         for batch in self.batches:
             if now - batch.at < self.settle_after or not probe.passed(batch.fence):
+                break
+            rows += batch.rows
+            if max_rows is not None and rows > max_rows and point > self.watermark:
                 break
             point = batch.upper
         return point
@@ -256,6 +262,34 @@ class MessageCounter:
             self.batches.append(Batch(highest, now, fence, found, ns, n_rows, checksum))
         self.ready = True
         return {(k[0], k[1]) for k in self.keys[known:]} & self.pending
+
+    def add_range(
+        self,
+        rows: Iterable[Sequence[Any]],
+        upper: int,
+        now: float,
+        fence: Fence,
+        firsts: dict[Pair, float],
+    ) -> int:
+        """Fold one range of a first count in ranges (full layout, keys up to ``upper``):
+        its rows move their totals and become a batch; the oldest first-message time of
+        each pending pair is kept in ``firsts`` across ranges (``finish_first_count``).
+        Returns its rows."""
+        fold = self._fold_full(rows)
+        for pair, first in fold.firsts.items():
+            if first < firsts.get(pair, inf):
+                firsts[pair] = first
+        totals = self.totals
+        for i, n in fold.counts.items():
+            totals[i] += n
+        if upper > self.counted_to:
+            self.batches.append(fold.batch(upper, now, fence))
+        return fold.rows
+
+    def finish_first_count(self, firsts: dict[Pair, float]) -> None:
+        """The whole table is counted: counting-since of the pairs it found, and ready."""
+        self._first_seen(firsts)
+        self.ready = True
 
     def add_counting_since(
         self, rows: Iterable[Sequence[Any]], pairs: set[Pair], fallback: float
@@ -391,17 +425,54 @@ class MessageCounter:
         way the table's count becomes the new baseline.
         """
         fold = self._fold_full(rows)
-        found = fold.counts
         self._first_seen(fold.firsts)
+        return self.reconciled(fold.counts, self.settled_per_series())
+
+    def reconcile_fold(self, rows: Iterable[Sequence[Any]], into: dict[int, int]) -> int:
+        """One range of a reconciliation in ranges, added to ``into`` (per series); returns
+        its rows."""
+        fold = self._fold_full(rows)
+        self._first_seen(fold.firsts)
+        for i, n in fold.counts.items():
+            into[i] = into.get(i, 0) + n
+        return fold.rows
+
+    def reconciled(self, found: dict[int, int], settled: list[int]) -> dict[SeriesKey, int]:
+        """Apply a reconciliation: ``found`` per series at or below the watermark it read
+        up to; ``settled``, what was counted there when it began (``settled_per_series``;
+        series added since then had none there)."""
         added: dict[SeriesKey, int] = {}
-        for i, settled in enumerate(self.settled_per_series()):
+        for i, was in enumerate(settled):
             now = found.get(i, 0)
-            if now > settled:
-                added[self.keys[i]] = now - settled
-                self.totals[i] += now - settled
-            elif now < settled:
-                self.gone[i] += settled - now
+            if now > was:
+                added[self.keys[i]] = now - was
+                self.totals[i] += now - was
+            elif now < was:
+                self.gone[i] += was - now
+        for i in range(len(settled), len(self.keys)):
+            if found.get(i, 0):  # a series first seen in a range below the watermark
+                added[self.keys[i]] = found[i]
+                self.totals[i] += found[i]
         return added
+
+    # --- restoring --------------------------------------------------------------------
+
+    def restore(
+        self,
+        watermark: int,
+        keys: Iterable[Sequence[str]],
+        totals: array[int],
+        gone: array[int],
+        since: dict[Pair, float],
+        pending: set[Pair],
+        batches: deque[Batch],
+    ) -> None:
+        """A new counter takes a saved state (state.py checks it first)."""
+        for key in keys:
+            self._series_at(key[0], tuple(key[1:]))
+        self.watermark, self.totals, self.gone = watermark, totals, gone
+        self.since, self.pending, self.batches = since, pending, batches
+        self.ready = True
 
     # --- reading ---------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ SUMMARY = Layout(("settling_rows", "settling_checksum", "newest_key"))
 key above them (the upper bound of this collection's count)."""
 SINCE = Layout(("org", "direction", "first_ts"))
 """When each (org, direction) pair's first message in a range was sent."""
+BOUNDS = Layout(("low_key", "high_key"))
+"""The lowest and the highest key: where a count in ranges starts and ends."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,11 @@ class MessagesSql:
     summary: str | None
     """None where the shard cannot be filtered per row in SQL: the settling batches are
     then recounted every time."""
+    bounds: str
+    """One row (``BOUNDS``): the lowest and the highest key, where a scan starts and ends."""
 
     def statements(self) -> tuple[str, ...]:
-        every = (self.full, self.per_series, self.by_labels, self.summary, self.since)
+        every = (self.full, self.per_series, self.by_labels, self.summary, self.since, self.bounds)
         return tuple(s for s in every if s)
 
 
@@ -183,4 +187,9 @@ def messages_sql(
             f"SELECT {SUMMARY.select(summary_exprs)} "
             f"{src.rows(f'{key} > :after', f'{key} <= :upto', *mine)}"
         )
-    return MessagesSql(labels, full, per_series, since, by_labels, summary)
+    # neither the filter nor the shard narrows the bounds, so that an index answers them
+    whole = select_from(src.table, src.joins, [])
+    bounds = (
+        f"SELECT {BOUNDS.select({'low_key': f'min({key})', 'high_key': f'max({key})'})} {whole}"
+    )
+    return MessagesSql(labels, full, per_series, since, by_labels, summary, bounds)

@@ -69,6 +69,8 @@ def assemble(
             db,
             config.collection.state_every,
         )
+    if counter is not None and not counter.ready:
+        counter = None  # a first count under way goes with its collector: begun anew
     if counter is not None:
         counter.settle_after = config.collection.settle_after
     elif state is not None:

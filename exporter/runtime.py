@@ -204,8 +204,11 @@ class Runtime:
             self.server.app = self._app(new)
             if new.db is not old.db:
                 old.db.close()
+            kept = self.running is not None and self.running.collection.counter is (
+                previous.collection.counter
+            )
             log.info(
-                "configuration reloaded", extra={"message_counts": "kept" if keep else "recounted"}
+                "configuration reloaded", extra={"message_counts": "kept" if kept else "recounted"}
             )
             return True, "reloaded"
 

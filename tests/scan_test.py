@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from exporter.messages import scan
 from exporter.schema import metadata
-from tests.support.expo import in_process, served
+from tests.support.expo import assembled, in_process, served
 
 ROWS = 400_000
 
@@ -166,3 +166,27 @@ def test_a_reconciliation_in_turns_finds_what_was_missed_below_the_watermark(
     assert coll.reconcile() == 0  # to the end at once: nothing more to find
     assert served(coll)["convrs_messages_total"] == want
     coll.db.close()
+
+
+def test_a_first_count_cut_by_a_reload_begins_again_and_counts_each_row_once(
+    pg_engine: Engine, small_ranges: None
+) -> None:
+    """A reload that keeps the message counts (same mapping, database and shard) while the
+    first count is under way does not carry its half-counted totals over."""
+    from exporter.assembly import assemble
+
+    metadata.create_all(pg_engine)
+    with pg_engine.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A')"))
+        for i in range(1, 101):
+            conn.execute(text(INSERT), {"id": i})
+    first = assembled(_url(pg_engine))
+    first.collection.messages.budget = 0.0  # one range of 10 keys a collection
+    assert first.collection.run() and not first.collection.counter.ready
+    assert sum(first.collection.counter.totals) == 10
+    again = assemble(first.config, first.db, counter=first.collection.counter)
+    assert again.collection.counter is not first.collection.counter
+    for _ in range(3):
+        assert again.collection.run()
+    assert served(again.collection)["convrs_messages_total"] == {KEY: 100.0}
+    first.db.close()

@@ -171,9 +171,7 @@ def test_the_sharded_variant_runs_one_shard_per_pod_with_its_own_state(tmp: Path
     base, docs = _manifests(), _manifests("kubernetes-sharded")
     assert "Deployment/convrs-exporter" not in docs
     sts = docs["StatefulSet/convrs-exporter"]
-    assert set(docs) - {"StatefulSet/convrs-exporter"} == set(base) - {
-        "Deployment/convrs-exporter"
-    }
+    assert set(docs) - {"StatefulSet/convrs-exporter"} == set(base) - {"Deployment/convrs-exporter"}
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e for e in container["env"]}

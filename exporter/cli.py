@@ -5,27 +5,30 @@ The wiring of the parts, and reloading them, is runtime.py's."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from pydantic import ValidationError
 
 from . import __version__, demo, logsetup, memory
 from .config import Config, LogConfig, WebConfig, load_config, validation_error
-from .db import redact_url_text
+from .db import parse_url, redact_url_text, url_secrets
 from .demo import sqlite_demo
 from .errors import ConfigError
 from .http import parse_listen_address
-from .runtime import Runtime, open_database, prepare
+from .runtime import CHECKING, Runtime, open_database, prepare
 from .webconfig import load_web_config
 
 log = logging.getLogger("convrs_exporter")
+T = TypeVar("T")
 
 EXIT_CONFIG = 2
 
@@ -123,6 +126,10 @@ def with_flags(config: Config, args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     memory.limit_arenas()
+    stop, hup = threading.Event(), threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop is always clean
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     ignored: list[str] = []
 
     def load() -> Config:
@@ -138,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         fail(f"web.listen_address: {exc}")
     url = config.database.url.get_secret_value() if config.database.url else None
-    logsetup.setup(config.log.level, config.log.format, [url] if url else [])
+    secrets = [url] if url else []
+    if url:
+        with contextlib.suppress(ConfigError):
+            secrets += url_secrets(parse_url(url))
+    logsetup.setup(config.log.level, config.log.format, secrets)
     if ignored:
         log.warning(
             "ignoring environment variables that name no setting",
@@ -146,15 +157,33 @@ def main(argv: list[str] | None = None) -> int:
         )
     if config.web.config_file is not None:  # before anything slow: fail fast
         try:
-            load_web_config(config.web.config_file)
+            load_web_config(config.web.config_file, config.web.telemetry_path)
         except ConfigError as exc:
             fail(exc.line())
+    with contextlib.ExitStack() as cleanup:
+        return _run(args, config, url, listen, load, stop, hup, cleanup)
+
+
+def _run(
+    args: argparse.Namespace,
+    config: Config,
+    url: str | None,
+    listen: tuple[str, int],
+    load: Callable[[], Config],
+    stop: threading.Event,
+    hup: threading.Event,
+    cleanup: contextlib.ExitStack,
+) -> int:
     demo_url, writer = None, None
     if url is None:
         if args.demo_seed:
             fail("database.url: --demo.seed needs a database URL")
-        path = args.demo_path or Path(tempfile.mkdtemp(prefix="convrs-demo-")) / "demo.sqlite"
+        path = args.demo_path
+        if path is None:  # a temporary one, removed at exit
+            path = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="convrs-demo-")))
+            path /= "demo.sqlite"
         demo_url, writer = sqlite_demo(path)
+        cleanup.callback(writer.dispose)
         log.info(
             "no database configured: serving the embedded demo database", extra={"path": str(path)}
         )
@@ -162,19 +191,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo_seed:
             assert url is not None
             return _seed(url, config)
-        parts = prepare(config, demo_url)
+        parts = _until_stopped(lambda: prepare(config, demo_url), stop)
     except ConfigError as exc:
         exc.source = exc.source or args.config_file or "configuration"
+        cleanup.close()
         fail(redact_url_text(exc.line()))
+    if parts is None:
+        log.info("stopped during the start-up check")
+        return 0
+    cleanup.callback(parts.db.close)
     if args.config_check:
-        print(f"convrs-exporter: configuration OK ({args.config_file or 'defaults'})")
-        parts.db.close()
+        print(
+            f"convrs-exporter: configuration OK ({args.config_file or 'defaults'}; {parts.checked})"
+        )
         return 0
 
     runtime = Runtime(load, demo_url, writer, enable_lifecycle=args.enable_lifecycle)
     try:
         runtime.start(parts, listen)
     except OSError as exc:
+        cleanup.close()
         fail(f"web.listen_address: cannot listen on {config.web.listen_address}: {exc.strerror}")
     log.info(
         "listening",
@@ -184,26 +220,56 @@ def main(argv: list[str] | None = None) -> int:
             "version": __version__,
         },
     )
-    _serve_until_stopped(runtime)
+    if not _serve_until_stopped(runtime, stop, hup):
+        log.warning("a collection was still running; exiting without waiting for it")
+        cleanup.close()
+        logging.shutdown()
+        os._exit(0)  # its worker thread would otherwise hold the exit until it ends
     return 0
 
 
-def _serve_until_stopped(runtime: Runtime) -> None:
-    """SIGHUP reloads; SIGTERM and SIGINT stop: the running query is cancelled, connections
-    closed, serving stopped, and the process exits 0 within a few seconds."""
-    stop, hup = threading.Event(), threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+def _until_stopped(work: Callable[[], T], stop: threading.Event) -> T | None:
+    """``work`` in a thread of its own, so that SIGTERM ends the wait at once (the
+    start-up check may wait for a lock or a network that does not answer); None if
+    stopped first. Its statement is cancelled (``runtime.CHECKING``)."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # handed to the waiting thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="start-up-check", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if stop.wait(0.1):
+            CHECKING.cancel()
+            thread.join(2.0)
+            return None
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _serve_until_stopped(runtime: Runtime, stop: threading.Event, hup: threading.Event) -> bool:
+    """SIGHUP reloads (in a thread of its own: a reload waiting for a stalled database
+    does not hold up a stop); SIGTERM and SIGINT stop: the running query is cancelled,
+    connections closed, serving stopped. False when something was still running after the
+    grace period (the caller exits without waiting for it)."""
+    reloading: threading.Thread | None = None
     while not stop.wait(0.2):
-        if hup.is_set():
+        if hup.is_set() and (reloading is None or not reloading.is_alive()):
             hup.clear()
-            runtime.reload()
+            reloading = threading.Thread(target=runtime.reload, name="reload", daemon=True)
+            reloading.start()
     log.info("stopping")
-    if not runtime.stop(grace=3.0):
-        log.warning("a collection was still running; exiting without waiting for it")
-        logging.shutdown()
-        os._exit(0)  # its worker thread would otherwise hold the exit until it ends
+    done: list[bool] = []
+    stopper = threading.Thread(target=lambda: done.append(runtime.stop(grace=3.0)), daemon=True)
+    stopper.start()
+    stopper.join(4.0)
+    return bool(done and done[0]) and (reloading is None or not reloading.is_alive())
 
 
 def _seed(url: str, config: Config) -> int:

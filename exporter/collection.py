@@ -9,6 +9,7 @@ they are withheld so that Prometheus marks them stale.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CollectionConfig
-from .db import Database, classify, read_only
+from .db import Database, classify, connection, read_only
 from .errors import QueryError
 from .health import Health
 from .mapping import Specs
@@ -34,6 +35,8 @@ log = logging.getLogger("convrs_exporter.collection")
 
 class Collector(Protocol):
     key: str
+    null_orgs: list[int]
+    """Rows skipped for a NULL org since the collection last asked."""
 
     def collect(self, conn: Connection, now: float) -> MetricData: ...
 
@@ -88,6 +91,8 @@ class Collection:
         self._last: dict[str, MetricData] = {}
         self._ok: dict[str, bool] = {}
         self._failing: dict[str, str] = {}
+        self._null_orgs_logged: set[str] = set()
+        self._abandoned = False
         self._lock = threading.Lock()
 
     # --- running -----------------------------------------------------------
@@ -105,9 +110,11 @@ class Collection:
     def _run(self, keys: Sequence[str]) -> dict[str, QueryError]:
         errors: dict[str, QueryError] = {}
         done: set[str] = set()
+        watchdog = threading.Timer(self._deadline(keys), self._abandon)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            with self.db.engine.connect() as conn:
-                self._active = conn.connection.driver_connection
+            with connection(self.db, self._watch) as conn:
                 self._replication(conn)
                 for key in keys:
                     done.add(key)
@@ -123,15 +130,58 @@ class Collection:
                         errors[key] = classify(self.db, key, exc)
                     except (ValueError, TypeError) as exc:
                         errors[key] = unreadable(key, exc)
+                    if self._stopping and key in errors:
+                        errors[key] = QueryError(key, "cancelled: the exporter is stopping")
                     self.health.query_duration.labels(key).set(time.perf_counter() - began)
+                    self._skipped(key)
         except SQLAlchemyError as exc:  # could not connect: every query not yet run failed
             failure = classify(self.db, "database", exc)
             for key in keys:
                 if key not in done:
                     errors[key] = QueryError(key, failure.message)
         finally:
+            watchdog.cancel()
             self._active = None
+        if self._abandoned:
+            self._abandoned = False
+            for key in keys:
+                if key in errors:
+                    errors[key] = QueryError(key, "abandoned: the database stopped answering")
         return errors
+
+    def _deadline(self, keys: Sequence[str]) -> float:
+        """How long a run may take before it is abandoned: every statement is bounded on
+        the server, but a stalled network holds a read for the OS's TCP timeouts."""
+        specs = [s for s in self.specs.all() if s.key in keys]
+        longest = max(s.timeout for s in specs) if specs else self.db.statement_timeout
+        budget = self.messages.budget if self.messages.key in keys else 0.0
+        return budget + 2 * longest * max(1, len(specs)) + 10.0
+
+    def _watch(self, driver_conn: Any) -> None:
+        self._active = driver_conn
+
+    def _abandon(self) -> None:
+        active = self._active
+        if active is None:
+            return
+        self._abandoned = True
+        log.warning("a collection is taking too long; abandoning its connection")
+        with contextlib.suppress(Exception):
+            self.db.dialect.abort(active)
+
+    def _skipped(self, key: str) -> None:
+        """Rows of no organization (a NULL org), counted; logged the first time."""
+        counted = self.collectors[key].null_orgs
+        n, counted[0] = counted[0], 0
+        if not n:
+            return
+        self.health.rows_skipped.labels(key, "null_org").inc(n)
+        if key not in self._null_orgs_logged:
+            self._null_orgs_logged.add(key)
+            log.warning(
+                "rows with a NULL org skipped (they belong to no organization)",
+                extra={"query": key, "rows": n},
+            )
 
     def _replication(self, conn: Connection) -> None:
         """Whether the database is a read replica, and how far behind: reported, never a
@@ -175,8 +225,7 @@ class Collection:
         with self._lock:
             key = self.messages.key
             try:
-                with self.db.engine.connect() as conn:
-                    self._active = conn.connection.driver_connection
+                with connection(self.db, self._watch) as conn:
                     added = self.messages.reconcile(conn, budget=not to_the_end)
             except (QueryError, SQLAlchemyError, ValueError, TypeError) as exc:
                 err = (

@@ -49,7 +49,8 @@ def parse_duration(value: Any) -> Any:
             pass
         parts = _DURATION.findall(text)
         if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 30s, 5m, 1h)")
+            # the value is not echoed: a misplaced secret would be printed
+            raise ValueError("not a duration (use e.g. 500ms, 30s, 5m, 1h)")
         return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     raise ValueError("a duration must be a number of seconds or text such as 30s")
 
@@ -398,7 +399,7 @@ def _env_overrides(
                 value: Any = Path(raw).read_text().strip()
             except OSError as exc:
                 raise ConfigError(
-                    f"cannot read {raw}: {exc.strerror}", source="environment", key=name
+                    f"cannot read the file it names: {exc.strerror}", source="environment", key=name
                 ) from None
             out.setdefault("database", {})["url"] = value
             origins[("database", "url")] = name

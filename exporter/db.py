@@ -8,7 +8,7 @@ and every statement is bounded by the statement timeout; how, is the dialect's
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +45,37 @@ def parse_url(raw: str) -> URL:
             "the URL has more than one '@': percent-encode '@' in the password as %40",
             key="database.url",
         )
+    parts = [url.username, url.password, url.host, url.database]
+    parts += [v for vs in url.query.values() for v in ((vs,) if isinstance(vs, str) else vs)]
+    if any("\x00" in p for p in parts if p):
+        # libpq stops reading at a NUL: the rest (host, port, sslmode) would be dropped
+        raise ConfigError("the URL holds a NUL character (%00)", key="database.url")
     if url.drivername in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg")
     return url
+
+
+_SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+"""Query parameters that may hold a secret (password, sslpassword, ...): never shown."""
+
+
+def url_secrets(url: URL) -> list[str]:
+    """Every part of a URL that is a secret: the password, wherever it is given."""
+    found = [url.password] if url.password else []
+    for name, values in url.query.items():
+        if _SECRET_PARAM.search(name):
+            found += [values] if isinstance(values, str) else list(values)
+    return [s for s in found if s]
+
+
+def redact(url: URL) -> str:
+    """A URL to show: the password and secret query parameters as ***."""
+    query = {
+        name: ("***" if _SECRET_PARAM.search(name) else values)
+        for name, values in url.query.items()
+    }
+    text = url.set(query=query).render_as_string(hide_password=True)
+    return text.replace("%2A%2A%2A", "***")  # as the query renders it
 
 
 @dataclass(frozen=True)
@@ -55,11 +83,12 @@ class Database:
     engine: Engine
     dialect: Dialect
     statement_timeout: float
-    secret: str | None = field(repr=False)
-    """The password, kept only to scrub it from any message that might echo it."""
+    secrets: list[str] = field(repr=False)
+    """The password (wherever the URL gives it), kept only to scrub it from any message that
+    might echo it."""
 
     def describe(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return redact(self.engine.url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -85,7 +114,34 @@ def connect(
             f"cannot load the {dialect.name} driver: {type(exc).__name__}", key="database.url"
         ) from None
     dialect.prepare_engine(engine)
-    return Database(engine, dialect, statement_timeout, url.password)
+    return Database(engine, dialect, statement_timeout, url_secrets(url))
+
+
+@contextmanager
+def connection(
+    db: Database, on_connect: Callable[[Any], None] = lambda _: None
+) -> Iterator[Connection]:
+    """A pooled connection, checked with a ``SELECT 1`` (after ``on_connect`` is told its
+    driver connection, so that a watchdog can cut it off if even that hangs: SQLAlchemy's
+    own pre-ping runs where no one can reach it). A connection the check finds dead is
+    discarded and one new one tried."""
+    for attempt in (1, 2):
+        conn = db.engine.connect()
+        try:
+            on_connect(conn.connection.driver_connection)
+            conn.exec_driver_sql("SELECT 1")
+            conn.rollback()
+        except SQLAlchemyError:
+            conn.invalidate()
+            conn.close()
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
 
 
 @contextmanager
@@ -166,9 +222,18 @@ def classify(
     """A short, secret-free error for a failed statement."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     message = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    if db.secret:
-        message = message.replace(db.secret, "***")
+    for secret in db.secrets:
+        message = message.replace(secret, "***")
     if orig is not None and db.dialect.is_timeout(orig, message):
         seconds = timeout or db.statement_timeout
         return QueryTimeout(query, f"statement timeout ({seconds:g}s) exceeded")
-    return QueryError(query, message)
+    transient = orig is None or db.dialect.is_transient(orig, message)
+    return QueryError(query, message, transient=transient)
+
+
+def refused(db: Database, exc: BaseException) -> str | None:
+    """Why the database refused a connection (credentials, a missing role or database),
+    secret-free; None when it did not answer or failed otherwise."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    message = classify(db, "database", exc).message
+    return message if orig is not None and db.dialect.refused(orig, message) else None

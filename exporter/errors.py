@@ -31,11 +31,17 @@ class ConfigError(ExporterError):
 class QueryError(ExporterError):
     """A metric's query failed; `query` names the metric."""
 
-    def __init__(self, query: str, message: str):
+    def __init__(self, query: str, message: str, transient: bool = False):
         self.query = query
         self.message = message
+        self.transient = transient
+        """It may pass by itself (a timeout, a lock, a lost connection): not the mapping's
+        fault, even when the database answered."""
         super().__init__(f"could not collect {query}: {message}")
 
 
 class QueryTimeout(QueryError):
     """The statement timeout ended the query."""
+
+    def __init__(self, query: str, message: str):
+        super().__init__(query, message, transient=True)

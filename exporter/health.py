@@ -142,6 +142,13 @@ class Health:
             ["phase"],
             registry=r,
         )
+        self.rows_skipped = Counter(
+            "convrs_exporter_rows_skipped",
+            "Rows a query returned that were not counted, by query and reason (null_org: "
+            "a NULL org, the row belongs to no organization).",
+            ["query", "reason"],
+            registry=r,
+        )
         self.standby = Gauge(
             "convrs_exporter_database_standby",
             "1 if the database read is a read replica (a hot standby), else 0.",

@@ -28,12 +28,17 @@ def to_unix(value: Any) -> float | None:
     raise TypeError(f"not a timestamp: {type(value).__name__}")
 
 
+NULL = "unknown"
+"""What a NULL label value reads as (a NULL org skips its row instead)."""
+
+
 def label_value(value: Any) -> str:
-    """Any database value as a label value: ints plainly, bytes decoded leniently."""
+    """Any database value as a label value: ints plainly, bytes decoded leniently, NULL as
+    ``NULL``."""
     if type(value) is str:  # the common case, first
         return sys.intern(value)
     if value is None:
-        return ""
+        return NULL
     if isinstance(value, bytes | bytearray | memoryview):
         text = bytes(value).decode("utf-8", errors="replace")
     elif isinstance(value, float) and value.is_integer():

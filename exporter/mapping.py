@@ -7,7 +7,7 @@ query per organization. The message statements are messages/sql.py's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,12 +92,17 @@ class Shard:
         digits = self.dialect.shard_hash(org_expr, self.total)
         return None if digits is None else f"{digits} = {self.index}"
 
-    def mine(self, rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
+    def mine(self, rows: Iterable[Sequence[Any]], null_orgs: list[int]) -> Iterator[Sequence[Any]]:
         """This shard's rows, org first (the SQL may have filtered already; this is exact
-        everywhere)."""
-        if self.total == 1:
-            return rows
-        return (r for r in rows if self.owns(label_value(r[0])))
+        everywhere). Rows whose org is NULL belong to no organization: skipped, counted in
+        ``null_orgs[0]``."""
+        everyone = self.total == 1
+        for row in rows:
+            org = row[0]
+            if org is None:
+                null_orgs[0] += 1
+            elif everyone or self.owns(label_value(org)):
+                yield row
 
     def having(self, org_expr: str) -> str:
         cond = self.condition(org_expr)

@@ -22,6 +22,8 @@ class OrganizationsCollector:
         self.spec, self.shard = spec, shard
         self.key = spec.key
         self.reader = Reader(db, spec.key, spec.timeout)
+        self.null_orgs = [0]
+        """Rows skipped for a NULL org since the collection last asked."""
         self._columns = columns(2)
         self.counting_since: dict[str, float] = {}
         """By org, from the latest read that succeeded: kept while the query fails, so that
@@ -29,7 +31,7 @@ class OrganizationsCollector:
 
     def collect(self, conn: Connection, now: float) -> MetricData:
         with self.reader.read_only(conn):
-            rows = self.shard.mine(self.reader.stream(conn, self.spec.sql))
+            rows = self.shard.mine(self.reader.stream(conn, self.spec.sql), self.null_orgs)
             series = tuple(Series(labels_of(self._columns, r), 1.0, to_unix(r[2])) for r in rows)
         self.counting_since = {s.labels[0]: s.created for s in series if s.created is not None}
         return MetricData(self.key, series, now)
@@ -42,11 +44,13 @@ class GaugeCollector:
         self.spec, self.shard = spec, shard
         self.key = spec.key
         self.reader = Reader(db, spec.key, spec.timeout)
+        self.null_orgs = [0]
+        """Rows skipped for a NULL org since the collection last asked."""
         self._columns = columns(1 + len(spec.labels))
 
     def collect(self, conn: Connection, now: float) -> MetricData:
         with self.reader.read_only(conn):
-            rows = self.shard.mine(self.reader.stream(conn, self.spec.sql))
+            rows = self.shard.mine(self.reader.stream(conn, self.spec.sql), self.null_orgs)
             return MetricData(self.key, _sum_series(rows, self._columns), now)
 
     def zero_filled(self, data: MetricData, org_ids: Sequence[str]) -> MetricData:

@@ -10,10 +10,12 @@ convrs_messages_total. The listen address needs a restart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +24,7 @@ from . import logsetup
 from .assembly import Running, assemble
 from .assembly import open_database as _open_database
 from .config import Config
-from .db import Database, Reader, classify
+from .db import Database, Reader, classify, connection, refused
 from .demo import Trickle
 from .errors import ConfigError, QueryError
 from .exposition import Exposition
@@ -37,11 +39,48 @@ from .webconfig import WebSettings, load_web_config
 log = logging.getLogger("convrs_exporter")
 
 
-def check_mapping(db: Database, specs: Specs) -> None:
-    """Run every query on no rows; if the database answers and a query fails, the mapping is
-    wrong (a missing table or column): a configuration error. An unreachable database is not."""
+class Checking:
+    """The start-up check's connection, so that a stop can cancel its statement."""
+
+    def __init__(self) -> None:
+        self.db: Database | None = None
+        self.active: Any = None
+
+    def watch(self, driver_conn: Any) -> None:
+        self.active = driver_conn
+
+    def cancel(self) -> None:
+        db, active = self.db, self.active
+        if db is not None and active is not None:
+            with contextlib.suppress(Exception):  # best effort: the timeout ends it anyway
+                db.dialect.cancel(active)
+
+    def abort(self) -> None:
+        db, active = self.db, self.active
+        if db is not None and active is not None:
+            with contextlib.suppress(Exception):
+                db.dialect.abort(active)
+
+
+CHECKING = Checking()
+
+
+def check_mapping(db: Database, specs: Specs) -> str:
+    """Run every query on no rows. If the database answers and a query fails for a reason
+    that does not pass by itself (a missing table or column), the mapping is wrong: a
+    configuration error; so is a connection the database refuses (a wrong password, a
+    missing role or database). A database that does not answer, or a query held up by a
+    lock or cut by the timeout, is not: the first collections will tell. Returns what was
+    checked, for ``--config.check``."""
+    statements = sum(len(spec.statements()) for spec in specs.all())
+    watchdog = threading.Timer(
+        db.statement_timeout * (statements + 1) + 10.0, CHECKING.abort
+    )  # a stalled network would hold a read for the OS's TCP timeouts
+    watchdog.daemon = True
     try:
-        with db.engine.connect() as conn:
+        CHECKING.db = db
+        watchdog.start()
+        with connection(db, CHECKING.watch) as conn:
             for spec in specs.all():
                 reader = Reader(db, spec.key, spec.timeout)
                 for statement in spec.statements():
@@ -49,18 +88,35 @@ def check_mapping(db: Database, specs: Specs) -> None:
                     with reader.read_only(conn):
                         reader.fetch(conn, sql, KeyRange(0, 0).params())
     except QueryError as exc:
-        raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
+        if not exc.transient:
+            raise ConfigError(exc.message, key=f"mapping.{exc.query}") from None
+        log.warning(
+            "the mapping could not be checked now; the collections will retry",
+            extra={"query": exc.query, "err": exc.message},
+        )
+        return f"mapping not checked: {exc.query}: {exc.message}"
     except SQLAlchemyError as exc:
+        why = refused(db, exc)
+        if why is not None:
+            message = f"the database refused the connection: {why}"
+            raise ConfigError(message, key="database.url") from None
+        message = classify(db, "database", exc).message
         log.warning(
             "database not reachable; the mapping will be checked by the first collection",
-            extra={"err": classify(db, "database", exc).message},
+            extra={"err": message},
         )
+        return "database not reachable: the mapping was not checked"
+    finally:
+        watchdog.cancel()
+        CHECKING.active = None
+    return "mapping checked against the database"
 
 
 def open_database(url: str, config: Config) -> Database:
     """An engine with the configured limits; its password joins the scrubbed secrets."""
     db = _open_database(url, config)
-    logsetup.add_secret(db.secret)
+    for secret in db.secrets:
+        logsetup.add_secret(secret)
     return db
 
 
@@ -70,6 +126,8 @@ class Parts:
     db: Database
     specs: Specs
     web: WebSettings | None
+    checked: str = ""
+    """What the start-up check found (``check_mapping``)."""
 
 
 def prepare(config: Config, demo_url: str | None, reuse: Parts | None = None) -> Parts:
@@ -77,7 +135,9 @@ def prepare(config: Config, demo_url: str | None, reuse: Parts | None = None) ->
 
     Raises ConfigError. Reuses the running database engine when its settings are the same.
     """
-    web = load_web_config(config.web.config_file) if config.web.config_file else None
+    web = None
+    if config.web.config_file:
+        web = load_web_config(config.web.config_file, config.web.telemetry_path)
     url = config.database.url.get_secret_value() if config.database.url else demo_url
     if url is None:
         raise ConfigError("no database URL", key="database.url")
@@ -87,12 +147,12 @@ def prepare(config: Config, demo_url: str | None, reuse: Parts | None = None) ->
         db = open_database(url, config)
     specs = build_specs(config, db.dialect)
     try:
-        check_mapping(db, specs)
+        checked = check_mapping(db, specs)
     except ConfigError:
         if reuse is None or db is not reuse.db:
             db.close()
         raise
-    return Parts(config, db, specs, web)
+    return Parts(config, db, specs, web, checked)
 
 
 class Runtime:
@@ -214,8 +274,10 @@ class Runtime:
 
     def stop(self, grace: float = 3.0) -> bool:
         """Cancel the running collection, stop scheduling and serving, close the database.
-        Returns False if a collection was still running after ``grace`` seconds."""
-        with self._lock:
+        Returns False if a collection was still running after ``grace`` seconds. It does
+        not wait for a reload in progress longer than that either."""
+        locked = self._lock.acquire(timeout=grace)
+        try:
             collection = self.running.collection if self.running is not None else None
             if collection is not None:
                 collection.cancel()
@@ -229,4 +291,7 @@ class Runtime:
                 self.server.server_close()
             if self.parts is not None:
                 self.parts.db.close()
-            return idle
+            return idle and locked
+        finally:
+            if locked:
+                self._lock.release()

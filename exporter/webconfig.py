@@ -6,11 +6,10 @@ bcrypt-hashed passwords. The file is re-read at start only.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import hmac
 import ssl
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,37 +73,67 @@ class WebFile(_Model):
 
 
 class BasicAuth:
-    """Checks ``Authorization: Basic`` against bcrypt hashes; good answers are cached,
-    since bcrypt is slow on purpose (exporter-toolkit caches the same way)."""
+    """Checks ``Authorization: Basic`` against bcrypt hashes.
+
+    bcrypt is slow on purpose, so answers are cached (as exporter-toolkit does: a good
+    client pays once), an unknown user costs what a known one does (a dummy hash of the
+    users' highest cost: no user names found by timing), and at most ``WORKERS`` checks
+    run at once (a flood of wrong passwords takes one core, not all of them, and waits
+    in line)."""
+
+    WORKERS = 1
+    WAIT = 10.0
+    """Seconds a check waits for its turn before it is refused."""
+    CACHE = 1024
 
     def __init__(self, users: dict[str, str]) -> None:
         self.users = {u: h.encode() for u, h in users.items()}
-        self._ok: set[bytes] = set()
+        cost = max((_cost(h) for h in self.users.values()), default=4)
+        self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(cost))
+        self._known: OrderedDict[bytes, bool] = OrderedDict()
         self._lock = threading.Lock()
+        self._work = threading.BoundedSemaphore(self.WORKERS)
 
     def __call__(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
             return False
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = base64.b64decode(header[6:].strip(), validate=True)
+            user, _, password = raw.decode().partition(":")
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
             return False
         hashed = self.users.get(user)
-        if hashed is None:
-            bcrypt.checkpw(b"timing", _DUMMY)  # same cost for unknown users
-            return False
-        token = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
+        token = hashlib.sha256(raw + b"\0" + (hashed or b"")).digest()
         with self._lock:
-            if any(hmac.compare_digest(token, t) for t in self._ok):
-                return True
-        if not bcrypt.checkpw(password.encode(), hashed):
-            return False
+            known = self._known.get(token)
+            if known is not None:
+                self._known.move_to_end(token)
+                return known
+        ok = self._check(password.encode(), hashed)
         with self._lock:
-            self._ok.add(token)
-        return True
+            self._known[token] = ok
+            if len(self._known) > self.CACHE:
+                self._known.popitem(last=False)
+        return ok
+
+    def _check(self, password: bytes, hashed: bytes | None) -> bool:
+        if not self._work.acquire(timeout=self.WAIT):
+            return False
+        try:
+            ok = bcrypt.checkpw(password[:72], hashed or self._dummy)
+            return ok and hashed is not None and len(password) <= 72
+        except ValueError:  # a hash bcrypt cannot read
+            return False
+        finally:
+            self._work.release()
 
 
-_DUMMY = bcrypt.hashpw(b"dummy", bcrypt.gensalt(4))
+def _cost(hashed: bytes) -> int:
+    """The cost of a bcrypt hash: ``$2b$10$...`` is 10."""
+    try:
+        return int(hashed.split(b"$")[2])
+    except (IndexError, ValueError):
+        return 4
 
 
 class WebSettings:
@@ -116,7 +145,21 @@ class WebSettings:
         self.open_paths = frozenset(source.unauthenticated_paths)
 
 
-def load_web_config(path: Path) -> WebSettings:
+def load_web_config(path: Path, telemetry_path: str = "/metrics") -> WebSettings:
+    """The web configuration file, checked; also against the telemetry path, which must
+    never be one of the paths served without authentication."""
+    settings = _load(path)
+    if settings.authorize is not None and telemetry_path in settings.open_paths:
+        raise ConfigError(
+            f"{telemetry_path} is the telemetry path (--web.telemetry-path): listed in "
+            "unauthenticated_paths, it would serve the metrics without a password",
+            source=str(path),
+            key="unauthenticated_paths",
+        )
+    return settings
+
+
+def _load(path: Path) -> WebSettings:
     source = str(path)
     try:
         data: Any = yaml.safe_load(path.read_text()) or {}

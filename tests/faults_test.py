@@ -81,7 +81,8 @@ def _exporter_sessions(engine: Engine) -> int:
             conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = 'convrs-exporter'"
+                    "WHERE application_name = 'convrs-exporter' "
+                    "AND datname = current_database()"  # other exporters may share the server
                 )
             ).scalar_one()
         )

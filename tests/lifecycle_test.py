@@ -152,12 +152,7 @@ def test_sigterm_during_a_collection_exits_0_within_5_seconds(seeded: Engine, tm
 SLEEPING = """
 SELECT count(*) FROM pg_stat_activity
 WHERE application_name = 'convrs-exporter' AND query LIKE '%pg_sleep(20)%' AND state = 'active'
-"""
-
-
-SLEEPING = """
-SELECT count(*) FROM pg_stat_activity
-WHERE application_name = 'convrs-exporter' AND query LIKE '%pg_sleep(20)%' AND state = 'active'
+  AND datname = current_database()
 """
 
 

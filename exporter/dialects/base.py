@@ -44,8 +44,7 @@ class Dialect:
 
     def engine_args(self, connect_timeout: float, pool_size: int, prepared: bool) -> dict[str, Any]:
         """Keyword arguments for ``create_engine`` (``connect_args`` among them)."""
-        return {
-            "pool_pre_ping": True,
+        return {  # no pool_pre_ping: db.connection() checks each connection, watched
             "pool_size": pool_size,
             "max_overflow": 0,
             "pool_timeout": connect_timeout,
@@ -68,8 +67,22 @@ class Dialect:
     def cancel(self, driver_conn: Any) -> None:
         """Stop the statement running on ``driver_conn``, from another thread."""
 
+    def abort(self, driver_conn: Any) -> None:
+        """Cut ``driver_conn`` off from another thread, when the database no longer answers
+        (a stalled network: a cancel request would stall too). Its read fails at once."""
+
     def is_timeout(self, error: BaseException, message: str) -> bool:
         """Whether a driver error is the statement timeout (or ``deadline``) firing."""
+        return False
+
+    def is_transient(self, error: BaseException, message: str) -> bool:
+        """Whether a failed statement may succeed as it is later (a lock, a lost
+        connection): not a sign of a wrong mapping."""
+        return False
+
+    def refused(self, error: BaseException, message: str) -> bool:
+        """Whether a failed connection was refused by the database itself (credentials,
+        a missing role or database): a configuration error, not an outage."""
         return False
 
     # --- SQL -------------------------------------------------------------------------

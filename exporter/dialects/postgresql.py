@@ -5,6 +5,8 @@ by transaction id (what settles the message watermark)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -92,6 +94,12 @@ class PostgreSQL(Dialect):
         connect: dict[str, Any] = {
             "connect_timeout": max(1, round(connect_timeout)),
             "application_name": "convrs-exporter",
+            # a dead peer or path is noticed in about 30 s, not in the OS's 15 min to hours
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
         }
         if not prepared:
             connect["prepare_threshold"] = None
@@ -115,8 +123,31 @@ class PostgreSQL(Dialect):
     def cancel(self, driver_conn: Any) -> None:
         driver_conn.cancel()  # psycopg sends the server a cancel request
 
+    def abort(self, driver_conn: Any) -> None:
+        fd = os.dup(driver_conn.pgconn.socket)
+        with socket.socket(fileno=fd) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
     def is_timeout(self, error: BaseException, message: str) -> bool:
         return getattr(error, "sqlstate", None) == "57014"
+
+    def is_transient(self, error: BaseException, message: str) -> bool:
+        """No SQLSTATE (the connection failed), or a class that passes: connection (08),
+        resources (53), operator intervention (57), lock not available (55), rollback (40)."""
+        state = getattr(error, "sqlstate", None)
+        return state is None or state[:2] in ("08", "53", "57", "55", "40")
+
+    def refused(self, error: BaseException, message: str) -> bool:
+        return any(
+            why in message
+            for why in (
+                "password authentication failed",
+                "authentication failed for user",
+                "no pg_hba.conf entry",
+                "does not exist",  # the role or the database
+                "password is required",
+            )
+        )
 
     def integer(self, expr: str) -> str:
         return f"CAST({expr} AS integer)"  # sum(integer) is a bigint, not a numeric

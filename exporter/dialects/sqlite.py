@@ -23,7 +23,6 @@ class SQLite(Dialect):
 
     def engine_args(self, connect_timeout: float, pool_size: int, prepared: bool) -> dict[str, Any]:
         return {
-            "pool_pre_ping": True,
             "connect_args": {"check_same_thread": False, "timeout": connect_timeout},
         }
 
@@ -47,8 +46,14 @@ class SQLite(Dialect):
     def cancel(self, driver_conn: Any) -> None:
         driver_conn.interrupt()
 
+    def abort(self, driver_conn: Any) -> None:
+        driver_conn.interrupt()  # a file: nothing stalls but the statement
+
     def is_timeout(self, error: BaseException, message: str) -> bool:
         return message == "interrupted"
+
+    def is_transient(self, error: BaseException, message: str) -> bool:
+        return message == "interrupted" or "locked" in message or "unable to open" in message
 
 
 def _read_only(dbapi_conn: sqlite3.Connection, _record: object) -> None:

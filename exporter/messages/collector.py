@@ -74,6 +74,8 @@ class MessagesCollector:
         """Wall clock: the counting-since of a pair whose first rows are gone."""
         self.monotonic = monotonic
         self.reader = Reader(db, self.key, spec.timeout)
+        self.null_orgs = [0]
+        """Rows skipped for a NULL org since the collection last asked."""
         self.budget = spec.interval / 2
         """Seconds one collection (or one turn of a reconciliation) reads ranges at most."""
         self.by_labels = spec.sql.by_labels is not None
@@ -89,7 +91,7 @@ class MessagesCollector:
         self.stopping = False
 
     def _rows(self, conn: Connection, sql: str, keys: KeyRange) -> Iterable[Sequence[Any]]:
-        return self.shard.mine(self.reader.stream(conn, sql, keys.params()))
+        return self.shard.mine(self.reader.stream(conn, sql, keys.params()), self.null_orgs)
 
     def collect(self, conn: Connection, now: float) -> MetricData:
         c, sql, dialect = self.counter, self.spec.sql, self.db.dialect
@@ -216,6 +218,7 @@ class MessagesCollector:
             assert sql.by_labels is not None
             rows = self.reader.fetch(conn, sql.by_labels, keys.params())
             if self.counter.by_labels_whole(rows):
+                self.null_orgs[0] += self.counter.drop_null_orgs(rows)
                 return rows, "by_labels"
             log.warning(
                 "org ids of this type come back from arrays as text; "
@@ -223,7 +226,7 @@ class MessagesCollector:
             )
             self.by_labels = False
         rows = self.reader.fetch(conn, sql.per_series, keys.params())
-        return list(self.shard.mine(rows)), "per_series"
+        return list(self.shard.mine(rows, self.null_orgs)), "per_series"
 
     def steady_shape(self, keys: KeyRange) -> Shape:
         """``by_labels`` where the database has org arrays, unless the new rows are likely

@@ -374,6 +374,20 @@ class MessageCounter:
         orgs_at, n_at, _ = self._by_labels
         return all(type(r[orgs_at]) is list and len(r[orgs_at]) == r[n_at] for r in rows)
 
+    def drop_null_orgs(self, rows: list[Sequence[Any]]) -> int:
+        """``by_labels`` rows without the NULL orgs in their arrays (rows of no
+        organization); returns how many. The rows' own count and checksum keep them, as
+        every check of the range does."""
+        orgs_at = self._by_labels[0]
+        dropped = 0
+        for j, row in enumerate(rows):
+            orgs = row[orgs_at]
+            if None in orgs:
+                kept = [o for o in orgs if o is not None]
+                dropped += len(orgs) - len(kept)
+                rows[j] = (*row[:orgs_at], kept, *row[orgs_at + 1 :])
+        return dropped
+
     def _earliest(self, firsts: dict[Pair, float], pair: Pair, ts: Any) -> None:
         """Keep in ``firsts`` the oldest first-message time of a pair still pending."""
         if pair in self.pending:

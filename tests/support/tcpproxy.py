@@ -17,6 +17,9 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self.delay = 0.0
         """Seconds to hold each new connection before connecting it (a slow database)."""
+        self.stalled = threading.Event()
+        """Set: nothing is forwarded any more, but every connection stays open (a network
+        that stops answering without a reset)."""
         self.restore()
 
     @property
@@ -69,10 +72,14 @@ class TcpProxy:
         for a, b in ((client, server), (server, client)):
             threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.stalled.is_set():
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass

@@ -146,7 +146,11 @@ def connection(
 
 @contextmanager
 def read_only(
-    db: Database, conn: Connection, snapshot: bool = False, timeout: float | None = None
+    db: Database,
+    conn: Connection,
+    snapshot: bool = False,
+    timeout: float | None = None,
+    bulk: bool = False,
 ) -> Iterator[Connection]:
     """One read-only transaction bounded by the statement timeout (``timeout``, else the
     database's); with ``snapshot`` every statement reads one snapshot where the database
@@ -157,7 +161,7 @@ def read_only(
     Kept, the statements each collection repeats are parsed once per connection (the
     probe's view of pg_stat_activity took 1.3 ms to parse and plan, 0.1 ms to run)."""
     with conn.begin():  # commits on leaving, rolls back on an exception
-        db.dialect.begin(conn, timeout or db.statement_timeout, snapshot)
+        db.dialect.begin(conn, timeout or db.statement_timeout, snapshot, bulk)
         yield conn
 
 
@@ -176,8 +180,10 @@ class Reader:
     query: str
     timeout: float
 
-    def read_only(self, conn: Connection, snapshot: bool = False) -> AbstractContextManager[Any]:
-        return read_only(self.db, conn, snapshot, self.timeout)
+    def read_only(
+        self, conn: Connection, snapshot: bool = False, bulk: bool = False
+    ) -> AbstractContextManager[Any]:
+        return read_only(self.db, conn, snapshot, self.timeout, bulk)
 
     @contextmanager
     def _cursor(

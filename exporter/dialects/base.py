@@ -55,9 +55,10 @@ class Dialect:
 
     # --- reading ---------------------------------------------------------------------
 
-    def begin(self, conn: Connection, timeout: float, snapshot: bool) -> None:
+    def begin(self, conn: Connection, timeout: float, snapshot: bool, bulk: bool = False) -> None:
         """First statement of a read-only transaction bounded by ``timeout`` seconds;
-        with ``snapshot`` every statement of it reads one snapshot, where it can."""
+        with ``snapshot`` every statement of it reads one snapshot, where it can; ``bulk``:
+        it groups a large range of rows (a first count's or a reconciliation's)."""
 
     @contextmanager
     def deadline(self, conn: Connection, seconds: float) -> Iterator[None]:

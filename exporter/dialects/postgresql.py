@@ -110,14 +110,23 @@ class PostgreSQL(Dialect):
         event.listen(engine, "first_connect", _lenient_text, insert=True)
         event.listen(engine, "connect", _lenient_text, insert=True)
 
-    def begin(self, conn: Connection, timeout: float, snapshot: bool) -> None:
+    def begin(self, conn: Connection, timeout: float, snapshot: bool, bulk: bool = False) -> None:
         """Each statement is planned for its own bounds (``force_custom_plan``), so that a
-        full count never runs on a plan made for a few thousand rows."""
+        full count never runs on a plan made for a few thousand rows. A bulk range groups
+        every series in memory (``work_mem``: with the default 4MB, a range of 500,000 rows
+        over 28,000 series sorted on disk, 3x slower) and in parallel, as the planner does
+        for a whole table but not, by its costs, for a range; for this transaction only."""
         level = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
+        settings = (
+            "; SET LOCAL work_mem = '64MB'; SET LOCAL parallel_setup_cost = 0;"
+            " SET LOCAL parallel_tuple_cost = 0"
+            if bulk
+            else ""
+        )
         conn.exec_driver_sql(
             f"SET TRANSACTION {level}READ ONLY; "
             f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}; "
-            "SET LOCAL plan_cache_mode = force_custom_plan"
+            f"SET LOCAL plan_cache_mode = force_custom_plan{settings}"
         )
 
     def cancel(self, driver_conn: Any) -> None:

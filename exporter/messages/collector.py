@@ -142,17 +142,16 @@ class MessagesCollector:
             self._firsts, self.last_scan = {}, scan
         dialect = self.db.dialect
 
-        def count(keys: KeyRange) -> int:
-            with self.reader.read_only(conn, snapshot=True):
+        def count(keys: KeyRange) -> tuple[int, float]:
+            with self.reader.read_only(conn, snapshot=True, bulk=True):
                 fence: Fence = NO_FENCE
                 head = dialect.fenced(None)
                 if head is not None:  # in the snapshot the range is read in
                     (row,) = self.reader.fetch(conn, head)
                     fence, _ = dialect.split_fence(row)
-                rows = self._rows(conn, self.spec.sql.full, keys)
-                return self.counter.add_range(
-                    rows, keys.upto, self.monotonic(), fence, self._firsts
-                )
+                rows, seconds = self._range_rows(conn, keys)
+            counted = self.counter.add_range(rows, keys.upto, self.monotonic(), fence, self._firsts)
+            return counted, seconds
 
         self._run_scan(scan, count)
         if scan.finished:
@@ -163,7 +162,15 @@ class MessagesCollector:
                 extra={"rows": scan.rows, "seconds": round(self.monotonic() - scan.started, 1)},
             )
 
-    def _run_scan(self, scan: Scan, count: Callable[[KeyRange], int]) -> None:
+    def _range_rows(self, conn: Connection, keys: KeyRange) -> tuple[list[Sequence[Any]], float]:
+        """A range's rows (one per series it holds: far fewer than it counts), and how long
+        the database took: what the statement timeout bounds, and what the next range is
+        sized by (folding the rows is this process's time, and the budget's)."""
+        began = time.monotonic()
+        rows = self.reader.fetch(conn, self.spec.sql.full, keys.params())
+        return list(self.shard.mine(rows, self.null_orgs)), time.monotonic() - began
+
+    def _run_scan(self, scan: Scan, count: Callable[[KeyRange], tuple[int, float]]) -> None:
         """Ranges until the scan is done or the budget spent; a range cut by the statement
         timeout is tried again, smaller."""
         deadline, first = time.monotonic() + self.budget, True
@@ -172,7 +179,7 @@ class MessagesCollector:
             keys = scan.next_range()
             began = time.monotonic()
             try:
-                rows = count(keys)
+                rows, seconds = count(keys)
             except QueryTimeout:
                 if self.stopping or not scan.failed():
                     raise
@@ -181,7 +188,7 @@ class MessagesCollector:
                     extra={"phase": scan.phase, "keys": scan.step},
                 )
                 continue
-            scan.done(keys, rows, time.monotonic() - began, self.reader.timeout)
+            scan.done(keys, rows, seconds, self.reader.timeout, time.monotonic() - began)
             scan.report(self.monotonic())
         if self.stopping and not scan.finished:
             raise QueryError(self.key, "cancelled: stopping")
@@ -253,10 +260,10 @@ class MessagesCollector:
             scan = self.last_scan = Scan("reconciliation", low - 1, keys.upto, self.monotonic())
             r = self.reconciliation = Reconciliation(scan, self.counter.settled_per_series())
 
-        def count(keys: KeyRange) -> int:
-            with self.reader.read_only(conn):
-                rows = self._rows(conn, self.spec.sql.full, keys)
-                return self.counter.reconcile_fold(rows, r.found)
+        def count(keys: KeyRange) -> tuple[int, float]:
+            with self.reader.read_only(conn, bulk=True):
+                rows, seconds = self._range_rows(conn, keys)
+            return self.counter.reconcile_fold(rows, r.found), seconds
 
         saved = self.budget
         if not budget:

@@ -16,8 +16,9 @@ from .sql import KeyRange
 
 log = logging.getLogger("convrs_exporter.messages")
 
-TARGET = 0.25
-"""A range should take at most this share of the statement timeout."""
+TARGET = 0.4
+"""A range's statement should take this share of the statement timeout (well within it:
+a range cut by it is read again, smaller)."""
 FIRST_STEP = 100_000
 """Keys in the first range (the density of keys is not known yet)."""
 GROWTH = 4.0
@@ -43,7 +44,7 @@ class Scan:
     failures: int = 0
     logged_at: float = 0.0
     work: float = 0.0
-    """Seconds spent reading ranges (not waiting between collections)."""
+    """Seconds spent reading and folding ranges (not waiting between collections)."""
 
     def __post_init__(self) -> None:
         self.step = self.step or FIRST_STEP
@@ -57,10 +58,11 @@ class Scan:
     def next_range(self) -> KeyRange:
         return KeyRange(self.done_to, min(self.end, self.done_to + max(1, self.step)))
 
-    def done(self, keys: KeyRange, rows: int, seconds: float, timeout: float) -> None:
-        """A range counted in ``seconds``: the next one sized to take TARGET of the timeout."""
+    def done(self, keys: KeyRange, rows: int, seconds: float, timeout: float, spent: float) -> None:
+        """A range counted, its statement in ``seconds`` (``spent`` in all, its rows folded
+        too): the next one sized for its statement to take TARGET of the timeout."""
         self.done_to, self.rows, self.failures = keys.upto, self.rows + rows, 0
-        self.work += seconds
+        self.work += spent
         span = keys.upto - keys.after
         wanted = span * TARGET * timeout / max(seconds, 1e-3)
         self.step = int(max(span / GROWTH, min(span * GROWTH, wanted), 1))

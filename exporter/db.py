@@ -130,7 +130,7 @@ def connection(
         try:
             on_connect(conn.connection.driver_connection)
             conn.exec_driver_sql("SELECT 1")
-            conn.rollback()
+            conn.commit()  # not a rollback: psycopg would forget its prepared statements
         except SQLAlchemyError:
             conn.invalidate()
             conn.close()

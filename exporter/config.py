@@ -222,6 +222,10 @@ class ThresholdValues(Model):
     outbound_per_inbound_max: NonNegative | None = None
     """The band for outbound per inbound messages over the last hour."""
     users_per_active_agent_max: NonNegative | None = None
+    """... (an organization without an active agent is not alerted: bot-only by design)."""
+    outbound_ratio_min_inbound_per_hour: NonNegative | None = None
+    """OutboundRatioOutOfBand only for organizations with at least this many inbound
+    messages in the last hour (a ratio of a handful of messages is noise)."""
     """Capacity: users per active agent above which UsersPerAgentHigh fires."""
 
 
@@ -232,6 +236,7 @@ THRESHOLD_DEFAULTS = ThresholdValues(
     outbound_per_inbound_min=0.5,
     outbound_per_inbound_max=5,
     users_per_active_agent_max=500,
+    outbound_ratio_min_inbound_per_hour=60,
 )
 
 

@@ -14,6 +14,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
 )
 from prometheus_client import exposition as text_format
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -63,6 +64,9 @@ class Health:
         thresholds: ThresholdCollector | None = None,
         interval: float = 0.0,
     ) -> None:
+        # no *_created series for the exporter's own counters, in either format (the
+        # README says the text format has none; convrs_messages keeps its own in OpenMetrics)
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         r = self.registry
         self.thresholds = thresholds or ThresholdCollector({}, {})

@@ -27,3 +27,17 @@ if ! pg_up; then
     for _ in $(seq 1 30); do pg_up && break; sleep 1; done
     pg_up || { echo "ensure-services: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
 fi
+
+# Grafana's own value formatter, for the dashboard's display tests (the version the compose
+# file's Grafana ships). Node and npm come with this machine kind; npm reaches the registry.
+GRAFANA_DATA="${GRAFANA_DATA:-$(dirname "$0")/../.cache/grafana-data}"
+if [ ! -f "$GRAFANA_DATA/node_modules/@grafana/data/package.json" ]; then
+    if ! command -v npm >/dev/null; then
+        echo "ensure-services: installing node and npm"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    echo "ensure-services: installing @grafana/data 11.3.0 (npm)"
+    mkdir -p "$GRAFANA_DATA"
+    (cd "$GRAFANA_DATA" && npm install --silent --no-audit --no-fund --no-save @grafana/data@11.3.0 >/dev/null)
+fi

@@ -93,7 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Pr
             "database": {"statement_timeout": "800ms"},
         }
         exp = Exporter(tmp, config, env={"CONVRS_EXPORTER_DATABASE_URL": url}).start()
-        prom = Prometheus(tmp, [f"127.0.0.1:{exp.port}"]).start()
+        prom = Prometheus(tmp, [f"127.0.0.1:{exp.port}"], extra_scrape=OPERATOR).start()
         try:
             wait_until(lambda: prom.query("convrs_flows"), what="a first scrape")
             yield eng, prom
@@ -101,6 +101,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Pr
             prom.stop()
             exp.stop()
             eng.dispose()
+
+
+OPERATOR = {
+    "relabel_configs": [
+        {"target_label": label, "replacement": value}
+        for label, value in (
+            ("namespace", "monitoring"),
+            ("pod", "convrs-exporter-7d9f5c6b8-x2k4q"),
+            ("service", "convrs-exporter"),
+            ("container", "convrs-exporter"),
+        )
+    ]
+}
+"""The labels the Prometheus Operator's ServiceMonitor puts on every series."""
 
 
 def substitute(expr: str, org: str, rng: str) -> str:
@@ -152,13 +166,15 @@ def test_org_variable_shows_names_for_ids(stack: tuple[Engine, Prometheus]) -> N
     for r in prom.query(substitute(query, ".*", "1m")):
         labels = {k: v for k, v in sorted(r["metric"].items()) if k != "__name__"}
         body = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        lines.append(f"convrs_org_info{{{body}}} {r['value'][1]} {int(r['value'][0] * 1000)}")
+        name = r["metric"].get("__name__", "")
+        lines.append(f"{name}{{{body}}} {r['value'][1]} {int(r['value'][0] * 1000)}")
     pattern, flags = var["regex"][1:].rsplit("/", 1)
     regex = re.compile(pattern.replace("(?<", "(?P<"), re.S if "s" in flags else 0)
     options = {m["value"]: m["text"] for m in (regex.search(line) for line in lines) if m}
     with eng.connect() as conn:
         want = {str(i): n for i, n in conn.execute(text("SELECT id, name FROM organizations"))}
-    assert options == want  # including 'Le "Petit" Café' and a name with a newline
+    # including 'Le "Petit" Café' and a name with a newline, with the Operator's labels on
+    assert options == want
 
 
 @pytest.mark.parametrize("org", [None, "1", "3"])
@@ -191,6 +207,7 @@ def test_every_query_returns_data_and_the_ratios_equal_sql(
     stack: tuple[Engine, Prometheus],
 ) -> None:
     eng, prom = stack
+    time.sleep(3)  # a few scrapes of the totals before the traffic, for the range to start at
     started = time.time()
     with eng.begin() as conn:  # traffic in a known ratio: 3 outbound per inbound, org 1
         for direction, sender, n in (("outbound", "bot", 30), ("inbound", "user", 10)):
@@ -211,7 +228,8 @@ def test_every_query_returns_data_and_the_ratios_equal_sql(
         what="Prometheus to see the new messages",
     )
     time.sleep(2)  # a few more scrapes with the new totals
-    rng = f"{int(time.time() - started) + 30}s"
+    # the range starts a few scrapes before the traffic: the ratio over it is the traffic's
+    rng = f"{int(time.time() - started) + 2}s"
     ratios = {t["legendFormat"]: t["expr"] for t in by_title("Ratios")["targets"]}
     assert single(prom, substitute(ratios["outbound per inbound (range)"], "1", rng)) == (
         pytest.approx(3.0, rel=1e-6)

@@ -38,7 +38,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", str(PROM_DIR / "rules.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 20 rules found" in result.stdout
+    assert "SUCCESS: 22 rules found" in result.stdout
 
 
 def test_promtool_unit_tests() -> None:
@@ -55,7 +55,7 @@ def test_promtool_check_example_config() -> None:
 def test_every_alert_has_severity_summary_description_and_runbook() -> None:
     groups = yaml.safe_load((PROM_DIR / "rules.yml").read_text())["groups"]
     alerts = [r for g in groups for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 8
+    assert len(alerts) == 9
     readme = (PROM_DIR.parent.parent / "README.md").read_text().lower()
     for alert in alerts:
         assert alert["labels"]["severity"] in ("warning", "critical")

@@ -4,11 +4,15 @@ variant's StatefulSet from deployment.yaml (so that the two pod specs never drif
 
     python deploy/kubernetes/generate.py          # rewrite them
     python deploy/kubernetes/generate.py --check  # exit 1 if they are stale
+    python deploy/kubernetes/generate.py --runbook-base https://wiki.example/convrs.md
+        # every alert's runbook_url (in config/prometheus/rules.yml and the PrometheusRule)
+        # points at that page, then as above
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -111,7 +115,16 @@ OUTPUTS = {
 }
 
 
+def set_runbook_base(base: str) -> None:
+    """Point every runbook_url in the rules at ``base`` (a page whose anchors are the
+    README's runbook sections), keeping each anchor."""
+    text = RULES.read_text()
+    RULES.write_text(re.sub(r'(runbook_url: ")[^"#]*#', lambda m: f"{m.group(1)}{base}#", text))
+
+
 def main(argv: list[str]) -> int:
+    if "--runbook-base" in argv:
+        set_runbook_base(argv[argv.index("--runbook-base") + 1])
     stale = [
         path for path, make in OUTPUTS.items() if not path.exists() or path.read_text() != make()
     ]

@@ -440,7 +440,7 @@ def planning(lay: Layout) -> None:
             [
                 target(daily, "messages / day"),
                 target(
-                    f"predict_linear(({daily})[$__range:$__rate_interval], 7 * 86400)",
+                    f"predict_linear(({daily})[$__range:], 7 * 86400)",
                     "forecast, a week ahead",
                     "B",
                 ),

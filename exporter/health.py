@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -66,7 +67,7 @@ class Health:
     ) -> None:
         # no *_created series for the exporter's own counters, in either format (the
         # README says the text format has none; convrs_messages keeps its own in OpenMetrics)
-        disable_created_metrics()
+        cast(Callable[[], None], disable_created_metrics)()  # untyped in some versions
         self.registry = CollectorRegistry()
         r = self.registry
         self.thresholds = thresholds or ThresholdCollector({}, {})

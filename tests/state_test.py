@@ -4,6 +4,7 @@ and the whole table is counted. On a real PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
@@ -98,7 +99,8 @@ def _future(path: Path, _: Engine) -> str:
 
 def _inconsistent(path: Path, _: Engine) -> str:
     data = json.loads(path.read_text())
-    data["totals"] = data["totals"][:-1]
+    words = base64.b64decode(data["totals"])
+    data["totals"] = base64.b64encode(words[:-8]).decode()  # one series' total short
     path.write_text(json.dumps(data))
     return "inconsistent: keys, totals and gone differ in length"
 

@@ -11,10 +11,12 @@ after it was written is counted again from the table, once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from array import array
 from collections import deque
@@ -53,13 +55,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _pack(values: array[int] | list[int]) -> str:
+    """Integers as base64 of 64-bit little-endian words: a first count's batches hold
+    hundreds of thousands of them, which JSON lists made slow to read back."""
+    packed = array("q", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode()
+
+
+def _unpack(text: str) -> array[int]:
+    """``_pack`` undone; ValueError for what it did not write."""
+    out = array("q")
+    out.frombytes(base64.b64decode(text, validate=True))  # ValueError: not whole words
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out
+
+
 class _Batch(_Model):
     upper: int
     at: float
     """Wall-clock time of the count (a batch's age survives the restart)."""
     fence: Any
-    series: list[int]
-    counts: list[int]
+    series: str
+    counts: str
+    """Packed (``_pack``)."""
     rows: int
     checksum: int
 
@@ -70,8 +91,9 @@ class _State(_Model):
     written_at: float
     watermark: int
     keys: list[list[str]]
-    totals: list[int]
-    gone: list[int]
+    totals: str
+    gone: str
+    """Packed (``_pack``)."""
     since: list[tuple[str, str, float]]
     pending: list[tuple[str, str]]
     batches: list[_Batch]
@@ -144,19 +166,21 @@ class StateFile:
         """Checked whole before anything is set: a bad file leaves ``counter`` new."""
         width = 1 + len(counter.labels)
         n = len(state.keys)
-        if len(state.totals) != n or len(state.gone) != n:
+        totals, gone = _unpack(state.totals), _unpack(state.gone)
+        if len(totals) != n or len(gone) != n:
             raise ValueError("keys, totals and gone differ in length")
         if any(len(key) != width for key in state.keys) or len(set(map(tuple, state.keys))) != n:
             raise ValueError("series keys of the wrong width, or repeated")
-        if any(t < 0 for t in state.totals) or any(g < 0 for g in state.gone):
+        if n and (min(totals) < 0 or min(gone) < 0):
             raise ValueError("negative counts")
         now_wall, now = self.clock(), self.monotonic()
         batches: deque[Batch] = deque()
         upper = state.watermark
         for b in state.batches:
-            if b.upper <= upper or len(b.series) != len(b.counts):
+            series, counts = _unpack(b.series), _unpack(b.counts)
+            if b.upper <= upper or len(series) != len(counts):
                 raise ValueError("batches out of order or malformed")
-            if any(not 0 <= i < n for i in b.series) or sum(b.counts) != b.rows:
+            if (series and (min(series) < 0 or max(series) >= n)) or sum(counts) != b.rows:
                 raise ValueError("a batch counts series or rows it does not have")
             upper = b.upper
             fence = self.dialect.fence_from_json(b.fence)
@@ -166,8 +190,8 @@ class StateFile:
                     b.upper,
                     at,
                     fence,
-                    array("q", b.series),
-                    array("q", b.counts),
+                    series,
+                    counts,
                     b.rows,
                     b.checksum,
                 )
@@ -175,8 +199,8 @@ class StateFile:
         counter.restore(
             state.watermark,
             state.keys,
-            array("q", state.totals),
-            array("q", state.gone),
+            totals,
+            gone,
             {(org, direction): ts for org, direction, ts in state.since},
             {(org, direction) for org, direction in state.pending},
             batches,
@@ -200,8 +224,8 @@ class StateFile:
             "written_at": now_wall,
             "watermark": counter.watermark,
             "keys": counter.keys,
-            "totals": counter.totals.tolist(),
-            "gone": counter.gone.tolist(),
+            "totals": _pack(counter.totals),
+            "gone": _pack(counter.gone),
             "since": [[org, d, ts] for (org, d), ts in counter.since.items()],
             "pending": [list(pair) for pair in counter.pending],
             "batches": [
@@ -209,8 +233,8 @@ class StateFile:
                     "upper": b.upper,
                     "at": now_wall - (now - b.at),
                     "fence": self.dialect.fence_to_json(b.fence),
-                    "series": list(b.series),
-                    "counts": list(b.counts),
+                    "series": _pack(list(b.series)),
+                    "counts": _pack(list(b.counts)),
                     "rows": b.rows,
                     "checksum": b.checksum,
                 }

@@ -163,7 +163,11 @@ def messages_sql(
         "orgs": f"array_agg({org})",
         "direction": src.labels.get("direction", "NULL"),
     }
-    full = f"SELECT {full_layout(labels).select(exprs)} {in_range} {group}"
+    # in label order: the first count meets most series in its first range, and their
+    # order is the exposition's; grouped in a hash table (bulk ranges), they came back in
+    # no order, and the gzip-compressed /metrics grew from 2.2 to 3.9 MB at 290,000 series
+    order = " ORDER BY " + ", ".join(str(i) for i in range(1, 2 + len(labels)))
+    full = f"SELECT {full_layout(labels).select(exprs)} {in_range} {group}{order}"
     per_series = f"SELECT {per_series_layout(labels).select(exprs)} {in_range} {group}"
     since = f"SELECT {SINCE.select(exprs)} {in_range} {group_by(2)}{having}"
     by_labels = summary = None

@@ -8,6 +8,7 @@ and every statement is bounded by the statement timeout; how, is the dialect's
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -209,6 +210,17 @@ class Reader:
         allocator with about 80 MB it never gave back; a few thousand at a time, a few MB."""
         with self._cursor(conn, sql, params) as cursor:
             while chunk := cursor.fetchmany(size):
+                yield from chunk
+
+    def stream_timed(
+        self, conn: Connection, sql: str, params: Mapping[str, Any], took: list[float]
+    ) -> Iterator[Sequence[Any]]:
+        """``stream``, with the seconds the statement took (until its result arrived, not
+        its rows' conversion) in ``took[0]``, once the first row is asked for."""
+        began = time.monotonic()
+        with self._cursor(conn, sql, params) as cursor:
+            took[0] = time.monotonic() - began
+            while chunk := cursor.fetchmany(5000):
                 yield from chunk
 
     def fetch(

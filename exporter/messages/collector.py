@@ -149,9 +149,12 @@ class MessagesCollector:
                 if head is not None:  # in the snapshot the range is read in
                     (row,) = self.reader.fetch(conn, head)
                     fence, _ = dialect.split_fence(row)
-                rows, seconds = self._range_rows(conn, keys)
-            counted = self.counter.add_range(rows, keys.upto, self.monotonic(), fence, self._firsts)
-            return counted, seconds
+                took = [0.0]
+                rows = self._range_rows(conn, keys, took)
+                counted = self.counter.add_range(
+                    rows, keys.upto, self.monotonic(), fence, self._firsts
+                )
+            return counted, took[0]
 
         self._run_scan(scan, count)
         if scan.finished:
@@ -162,13 +165,15 @@ class MessagesCollector:
                 extra={"rows": scan.rows, "seconds": round(self.monotonic() - scan.started, 1)},
             )
 
-    def _range_rows(self, conn: Connection, keys: KeyRange) -> tuple[list[Sequence[Any]], float]:
-        """A range's rows (one per series it holds: far fewer than it counts), and how long
-        the database took: what the statement timeout bounds, and what the next range is
-        sized by (folding the rows is this process's time, and the budget's)."""
-        began = time.monotonic()
-        rows = self.reader.fetch(conn, self.spec.sql.full, keys.params())
-        return list(self.shard.mine(rows, self.null_orgs)), time.monotonic() - began
+    def _range_rows(
+        self, conn: Connection, keys: KeyRange, took: list[float]
+    ) -> Iterable[Sequence[Any]]:
+        """A range's rows (one per series it holds: far fewer than it counts), read a few
+        thousand at a time; how long the database took is in ``took[0]`` once they are
+        read: what the statement timeout bounds, and what the next range is sized by
+        (folding the rows is this process's time, and the budget's)."""
+        rows = self.reader.stream_timed(conn, self.spec.sql.full, keys.params(), took)
+        return self.shard.mine(rows, self.null_orgs)
 
     def _run_scan(self, scan: Scan, count: Callable[[KeyRange], tuple[int, float]]) -> None:
         """Ranges until the scan is done or the budget spent; a range cut by the statement
@@ -261,9 +266,10 @@ class MessagesCollector:
             r = self.reconciliation = Reconciliation(scan, self.counter.settled_per_series())
 
         def count(keys: KeyRange) -> tuple[int, float]:
+            took = [0.0]
             with self.reader.read_only(conn, bulk=True):
-                rows, seconds = self._range_rows(conn, keys)
-            return self.counter.reconcile_fold(rows, r.found), seconds
+                counted = self.counter.reconcile_fold(self._range_rows(conn, keys, took), r.found)
+            return counted, took[0]
 
         saved = self.budget
         if not budget:

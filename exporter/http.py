@@ -84,7 +84,25 @@ class Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self._open: dict[socket.socket, Connection] = {}
         self._open_lock = threading.Lock()
+        self._closed = threading.Event()
         super().__init__(address, Handler)
+        reaper = threading.Thread(target=self._reap, name="http-reaper", daemon=True)
+        reaper.start()
+
+    def _reap(self) -> None:
+        """Cut the connections whose request headers have been arriving for longer than
+        ``header_timeout``: a socket timeout bounds each read, and a client that sends a
+        byte a second never lets one expire (slowloris)."""
+        while not self._closed.wait(min(0.5, self.header_timeout / 4)):
+            now = time.monotonic()
+            with self._open_lock:
+                slow = [
+                    c
+                    for c in self._open.values()
+                    if c.state == Connection.HEADERS and now - c.since > self.header_timeout
+                ]
+            for conn in slow:
+                conn.evict()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """In the accepting thread: make room (or refuse), then a thread for it."""
@@ -98,6 +116,10 @@ class Server(ThreadingHTTPServer):
                 del self._open[quiet.sock]
             self._open[request] = Connection(request)
         super().process_request(request, client_address)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def close_request(self, request: Any) -> None:
         with self._open_lock:

@@ -453,3 +453,36 @@ def test_a_query_cancelled_by_a_stop_is_not_called_a_timeout(seeded: Engine) -> 
     assert coll.run(["flows"]) is False
     assert coll._failing["flows"] == "cancelled: the exporter is stopping"
     coll.db.close()
+
+
+def test_sigterm_during_a_reload_stuck_on_a_lock_exits_0_promptly(
+    seeded: Engine, tmp: Path
+) -> None:
+    dbname = seeded.url.database
+    exp = Exporter(
+        tmp,
+        {"database": {"statement_timeout": "20s"}},
+        env={"CONVRS_EXPORTER_DATABASE_URL": _url(seeded)},
+    )
+    exp.start()
+    assert exp.proc is not None
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={dbname}") as locker:
+        locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        exp.proc.send_signal(signal.SIGHUP)  # the reload's check waits for the lock
+
+        def waiting() -> bool:
+            with psycopg.connect(
+                f"host=127.0.0.1 user=postgres dbname={dbname}", autocommit=True
+            ) as c:
+                row = c.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'convrs-exporter' AND wait_event_type = 'Lock'"
+                ).fetchone()
+                return bool(row and row[0])
+
+        wait_until(waiting, timeout=20, what="the reload to wait for the lock")
+        started = time.monotonic()
+        exp.proc.send_signal(signal.SIGTERM)
+        assert exp.proc.wait(15) == 0
+        assert time.monotonic() - started < 6  # the grace period (3 s) and a little
+        locker.rollback()

@@ -69,5 +69,5 @@ def test_reconciliation_is_scheduled_on_the_same_worker(seeded: Engine) -> None:
         assert jobs["reconcile"].executor == "default"
         assert jobs["reconcile"].trigger.interval.total_seconds() == 3600
     finally:
-        schedule.stop()
+        schedule.stop(wait=True)  # a collection under way ends before its database closes
         collection.db.close()

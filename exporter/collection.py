@@ -41,6 +41,10 @@ class Collector(Protocol):
     def collect(self, conn: Connection, now: float) -> MetricData: ...
 
 
+FAILURES = (QueryError, SQLAlchemyError, ValueError, TypeError)
+"""What a query may raise and still only fail itself (``Collection._failure``)."""
+
+
 def unreadable(key: str, exc: ValueError | TypeError) -> QueryError:
     """A value a query returned that is not what its column must hold (a number, a
     timestamp): that query fails, the others go on."""
@@ -124,12 +128,8 @@ class Collection:
                     began = time.perf_counter()
                     try:
                         self._last[key] = self.collectors[key].collect(conn, self.monotonic())
-                    except QueryError as exc:
-                        errors[key] = exc
-                    except SQLAlchemyError as exc:
-                        errors[key] = classify(self.db, key, exc)
-                    except (ValueError, TypeError) as exc:
-                        errors[key] = unreadable(key, exc)
+                    except FAILURES as exc:
+                        errors[key] = self._failure(key, exc)
                     if self._stopping and key in errors:
                         errors[key] = QueryError(key, "cancelled: the exporter is stopping")
                     self.health.query_duration.labels(key).set(time.perf_counter() - began)
@@ -168,6 +168,16 @@ class Collection:
         log.warning("a collection is taking too long; abandoning its connection")
         with contextlib.suppress(Exception):
             self.db.dialect.abort(active)
+
+    def _failure(self, key: str, exc: BaseException) -> QueryError:
+        """What a query's failure says: its own error, the driver's classified, or a value
+        it could not read."""
+        if isinstance(exc, QueryError):
+            return exc
+        if isinstance(exc, SQLAlchemyError):
+            return classify(self.db, key, exc)
+        assert isinstance(exc, ValueError | TypeError)
+        return unreadable(key, exc)
 
     def _skipped(self, key: str) -> None:
         """Rows of no organization (a NULL org), counted; logged the first time."""
@@ -227,14 +237,8 @@ class Collection:
             try:
                 with connection(self.db, self._watch) as conn:
                     added = self.messages.reconcile(conn, budget=not to_the_end)
-            except (QueryError, SQLAlchemyError, ValueError, TypeError) as exc:
-                err = (
-                    exc
-                    if isinstance(exc, QueryError)
-                    else classify(self.db, key, exc)
-                    if isinstance(exc, SQLAlchemyError)
-                    else unreadable(key, exc)
-                )
+            except FAILURES as exc:
+                err = self._failure(key, exc)
                 log.warning("reconciliation failed; will try again", extra={"err": err.message})
                 return 0
             finally:

@@ -401,6 +401,16 @@ def test_a_stalled_network_abandons_the_collection(seeded: Engine, tmp: Path) ->
         exp.stop()
 
 
+def waiting_for_a_lock(dbname: str | None) -> bool:
+    """Whether one of the exporter's sessions in this database waits for a lock."""
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={dbname}", autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'convrs-exporter' AND wait_event_type = 'Lock'"
+        ).fetchone()
+        return bool(row and row[0])
+
+
 def test_sigterm_and_sigint_during_the_start_up_check_exit_0_at_once(
     seeded: Engine, tmp: Path
 ) -> None:
@@ -419,24 +429,18 @@ def test_sigterm_and_sigint_during_the_start_up_check_exit_0_at_once(
                 text=True,
             )
 
-            def waiting() -> bool:
-                with psycopg.connect(
-                    f"host=127.0.0.1 user=postgres dbname={dbname}", autocommit=True
-                ) as c:
-                    row = c.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND application_name = 'convrs-exporter' AND wait_event_type = 'Lock'"
-                    ).fetchone()
-                    return bool(row and row[0])
-
-            wait_until(waiting, timeout=20, what="the start-up check to wait for the lock")
+            wait_until(
+                lambda: waiting_for_a_lock(dbname),
+                timeout=20,
+                what="the start-up check to wait for the lock",
+            )
             started = time.monotonic()
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=10)
             assert proc.returncode == 0, err
             assert time.monotonic() - started < 4
             assert "Traceback" not in err
-            assert not waiting()  # its statement was cancelled, not left running
+            assert not waiting_for_a_lock(dbname)  # its statement was cancelled, not left
             locker.rollback()
 
 
@@ -470,17 +474,9 @@ def test_sigterm_during_a_reload_stuck_on_a_lock_exits_0_promptly(
         locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
         exp.proc.send_signal(signal.SIGHUP)  # the reload's check waits for the lock
 
-        def waiting() -> bool:
-            with psycopg.connect(
-                f"host=127.0.0.1 user=postgres dbname={dbname}", autocommit=True
-            ) as c:
-                row = c.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND application_name = 'convrs-exporter' AND wait_event_type = 'Lock'"
-                ).fetchone()
-                return bool(row and row[0])
-
-        wait_until(waiting, timeout=20, what="the reload to wait for the lock")
+        wait_until(
+            lambda: waiting_for_a_lock(dbname), timeout=20, what="the reload to wait for the lock"
+        )
         started = time.monotonic()
         exp.proc.send_signal(signal.SIGTERM)
         assert exp.proc.wait(15) == 0

@@ -429,19 +429,6 @@ class MessageCounter:
             return None
         return KeyRange(FLOOR, self.watermark)
 
-    def reconcile(self, rows: Iterable[Sequence[Any]]) -> dict[SeriesKey, int]:
-        """Compare a full count at or below the watermark (full layout) with what was
-        counted there.
-
-        More rows than counted means some were committed below the watermark after it
-        moved past them (a transaction that outlived every check): their number is added
-        to the totals and returned. Fewer means deletions, which change nothing. Either
-        way the table's count becomes the new baseline.
-        """
-        fold = self._fold_full(rows)
-        self._first_seen(fold.firsts)
-        return self.reconciled(fold.counts, self.settled_per_series())
-
     def reconcile_fold(self, rows: Iterable[Sequence[Any]], into: dict[int, int]) -> int:
         """One range of a reconciliation in ranges, added to ``into`` (per series); returns
         its rows."""
@@ -454,7 +441,13 @@ class MessageCounter:
     def reconciled(self, found: dict[int, int], settled: list[int]) -> dict[SeriesKey, int]:
         """Apply a reconciliation: ``found`` per series at or below the watermark it read
         up to; ``settled``, what was counted there when it began (``settled_per_series``;
-        series added since then had none there)."""
+        series added since then had none there).
+
+        More rows than counted means some were committed below the watermark after it
+        moved past them (a transaction that outlived every check): their number is added
+        to the totals and returned. Fewer means deletions, which change nothing. Either
+        way the table's count becomes the new baseline.
+        """
         added: dict[SeriesKey, int] = {}
         for i, was in enumerate(settled):
             now = found.get(i, 0)

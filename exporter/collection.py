@@ -87,11 +87,12 @@ class Collection:
             lambda: self.clock(),
             lambda: self.monotonic(),
         )
+        self.messages.watch = self._watch
         every: tuple[Collector, ...] = (self.organizations, *self.gauges, self.messages)
         self.collectors = {c.key: c for c in every}
         self._stopping = False
-        self._active: Any = None
-        """The driver connection of the running collection, for cancel()."""
+        self._active: list[Any] = []
+        """The driver connections of the running collection, for cancel()."""
         self._last: dict[str, MetricData] = {}
         self._ok: dict[str, bool] = {}
         self._failing: dict[str, str] = {}
@@ -141,7 +142,7 @@ class Collection:
                     errors[key] = QueryError(key, failure.message)
         finally:
             watchdog.cancel()
-            self._active = None
+            self._active = []
         if self._abandoned:
             self._abandoned = False
             for key in keys:
@@ -158,16 +159,17 @@ class Collection:
         return budget + 2 * longest * max(1, len(specs)) + 10.0
 
     def _watch(self, driver_conn: Any) -> None:
-        self._active = driver_conn
+        self._active = [*self._active, driver_conn]  # a new list: other threads read it
 
     def _abandon(self) -> None:
         active = self._active
-        if active is None:
+        if not active:
             return
         self._abandoned = True
-        log.warning("a collection is taking too long; abandoning its connection")
-        with contextlib.suppress(Exception):
-            self.db.dialect.abort(active)
+        log.warning("a collection is taking too long; abandoning its connections")
+        for driver_conn in active:
+            with contextlib.suppress(Exception):
+                self.db.dialect.abort(driver_conn)
 
     def _failure(self, key: str, exc: BaseException) -> QueryError:
         """What a query's failure says: its own error, the driver's classified, or a value
@@ -212,13 +214,11 @@ class Collection:
         any thread."""
         self._stopping = True
         self.messages.stopping = True
-        active = self._active
-        if active is None:
-            return
-        try:
-            self.db.dialect.cancel(active)
-        except Exception as exc:  # best effort: the statement timeout ends it anyway
-            log.debug("could not cancel the running query", extra={"err": str(exc)})
+        for driver_conn in self._active:
+            try:
+                self.db.dialect.cancel(driver_conn)
+            except Exception as exc:  # best effort: the statement timeout ends it anyway
+                log.debug("could not cancel the running query", extra={"err": str(exc)})
 
     def idle(self, timeout: float) -> bool:
         """Wait until no collection runs (True), or give up after ``timeout`` seconds."""
@@ -242,7 +242,7 @@ class Collection:
                 log.warning("reconciliation failed; will try again", extra={"err": err.message})
                 return 0
             finally:
-                self._active = None
+                self._active = []
                 self._progress()
             if added is None:
                 return None

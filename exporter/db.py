@@ -151,7 +151,7 @@ def read_only(
     conn: Connection,
     snapshot: bool = False,
     timeout: float | None = None,
-    bulk: bool = False,
+    bulk: int = 0,
 ) -> Iterator[Connection]:
     """One read-only transaction bounded by the statement timeout (``timeout``, else the
     database's); with ``snapshot`` every statement reads one snapshot where the database
@@ -182,7 +182,7 @@ class Reader:
     timeout: float
 
     def read_only(
-        self, conn: Connection, snapshot: bool = False, bulk: bool = False
+        self, conn: Connection, snapshot: bool = False, bulk: int = 0
     ) -> AbstractContextManager[Any]:
         return read_only(self.db, conn, snapshot, self.timeout, bulk)
 
@@ -209,19 +209,18 @@ class Reader:
         transaction. A first count of 200,000 series held as one list of rows left the
         allocator with about 80 MB it never gave back; a few thousand at a time, a few MB."""
         with self._cursor(conn, sql, params) as cursor:
-            while chunk := cursor.fetchmany(size):
-                yield from chunk
+            yield from _chunks(cursor, size)
 
-    def stream_timed(
-        self, conn: Connection, sql: str, params: Mapping[str, Any], took: list[float]
-    ) -> Iterator[Sequence[Any]]:
-        """``stream``, with the seconds the statement took (until its result arrived, not
-        its rows' conversion) in ``took[0]``, once the first row is asked for."""
+    @contextmanager
+    def timed(
+        self, conn: Connection, sql: str, params: Mapping[str, Any]
+    ) -> Iterator[tuple[Iterator[Sequence[Any]], float]]:
+        """One statement run until its result has arrived, then its rows (read a few
+        thousand at a time, inside the block) and the seconds it took: what the statement
+        timeout bounds, not the rows' conversion."""
         began = time.monotonic()
         with self._cursor(conn, sql, params) as cursor:
-            took[0] = time.monotonic() - began
-            while chunk := cursor.fetchmany(5000):
-                yield from chunk
+            yield _chunks(cursor, 5000), time.monotonic() - began
 
     def fetch(
         self, conn: Connection, sql: str, params: Mapping[str, Any] | None = None
@@ -232,6 +231,11 @@ class Reader:
 
     def fail(self, exc: BaseException) -> QueryError:
         return classify(self.db, self.query, exc, self.timeout)
+
+
+def _chunks(cursor: Any, size: int) -> Iterator[Sequence[Any]]:
+    while chunk := cursor.fetchmany(size):
+        yield from chunk
 
 
 def classify(

@@ -4,19 +4,21 @@ timeout is retried smaller, not the whole count. On a real PostgreSQL."""
 
 from __future__ import annotations
 
-import itertools
 import logging
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from exporter.messages import scan
 from exporter.schema import metadata
 from tests.support.expo import assembled, in_process, served
+from tests.support.procs import wait_until
 
-ROWS = 400_000
+ROWS = 1_000_000
 
 
 @pytest.fixture
@@ -71,16 +73,20 @@ def test_a_first_count_longer_than_the_timeout_is_read_in_ranges(
         conn.execute(text(f"SET statement_timeout = '{TIMEOUT}'"))
         conn.execute(text(coll.specs.messages.sql.full), {"after": -1, "upto": 10**12})
     ranges: list[dict[str, int]] = []
-    sabotaged: list[int] = []
+    sabotaged: list[dict[str, int]] = []
+    connections: set[int] = set()
+    lock = threading.Lock()
 
     def watch(
-        conn: object, cursor: object, statement: str, params: object, *_: object
+        conn: Connection, cursor: object, statement: str, params: object, *_: object
     ) -> tuple[str, object]:
         if statement.startswith("SELECT messages.org_id AS org") and isinstance(params, dict):
-            ranges.append(dict(params))
-            if len(ranges) == 3 and not sabotaged:  # this range is cut by the timeout
-                sabotaged.append(params["upto"])
-                statement = f"SELECT * FROM ({statement}) s WHERE pg_sleep(0.2) IS NOT NULL"
+            with lock:  # two ranges are read at once, from two threads
+                ranges.append(dict(params))
+                connections.add(id(conn.connection.driver_connection))
+                if len(ranges) == 3 and not sabotaged:  # this range is cut by the timeout
+                    sabotaged.append(dict(params))
+                    statement = f"SELECT * FROM ({statement}) s WHERE pg_sleep(0.2) IS NOT NULL"
         return statement, params
 
     event.listen(coll.db.engine, "before_cursor_execute", watch, retval=True)
@@ -93,12 +99,15 @@ def test_a_first_count_longer_than_the_timeout_is_read_in_ranges(
     assert coll.counter.ready
     assert served(coll)["convrs_messages_total"] == _sql_counts(large)
     assert sum(served(coll)["convrs_messages_total"].values()) == ROWS
-    # in ranges, each starting where the last one ended; the cut one tried again, smaller
-    assert len(ranges) > 4
-    for a, b in itertools.pairwise(ranges):  # on where the last ended, or again smaller
-        assert b["after"] == a["upto"] or (b["after"] == a["after"] and b["upto"] < a["upto"])
-    assert ranges[3]["after"] == ranges[2]["after"] and ranges[3]["upto"] < ranges[2]["upto"]
-    assert ranges[-1]["upto"] == ROWS
+    # in ranges, two read at once on two connections, each starting where an earlier one
+    # ended; the cut one read again, smaller (the one under way beside it dropped)
+    assert len(ranges) > 4 and len(connections) == 2
+    start = min(r["after"] for r in ranges)
+    ends = {start} | {r["upto"] for r in ranges}
+    assert all(r["after"] in ends for r in ranges)
+    (cut,) = sabotaged
+    assert any(r["after"] == cut["after"] and r["upto"] < cut["upto"] for r in ranges)
+    assert max(r["upto"] for r in ranges) == ROWS
     messages = [r.getMessage() for r in caplog.records]
     assert "a range of messages took too long; trying a smaller one" in messages
     progress = [r for r in caplog.records if r.getMessage() == "counting messages: first count"]
@@ -190,3 +199,54 @@ def test_a_first_count_cut_by_a_reload_begins_again_and_counts_each_row_once(
         assert again.collection.run()
     assert served(again.collection)["convrs_messages_total"] == {KEY: 100.0}
     first.db.close()
+
+
+def test_stopping_cancels_both_ranges_under_way(pg_engine: Engine, small_ranges: None) -> None:
+    """A first count reads two ranges at once, on two connections: a stop cancels the
+    statements on both, at once, and nothing of theirs is counted."""
+    metadata.create_all(pg_engine)
+    with pg_engine.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A')"))
+        for i in range(1, 101):
+            conn.execute(text(INSERT), {"id": i})
+    coll, _ = in_process(_url(pg_engine), {"database": {"statement_timeout": "25s"}})
+    running: list[int] = []
+
+    def slow(
+        conn: Connection, cursor: object, statement: str, params: object, *_: object
+    ) -> tuple[str, object]:
+        if statement.startswith("SELECT messages.org_id AS org"):
+            running.append(id(conn))
+            statement = f"SELECT * FROM ({statement}) s WHERE pg_sleep(20) IS NOT NULL"
+        return statement, params
+
+    event.listen(coll.db.engine, "before_cursor_execute", slow, retval=True)
+    result: list[bool] = []
+    worker = threading.Thread(target=lambda: result.append(coll.run()))
+    worker.start()
+    wait_until(lambda: _busy(pg_engine) == 2, what="two ranges under way")
+    began = time.monotonic()
+    coll.cancel()
+    worker.join(10)
+    took = time.monotonic() - began
+    assert not worker.is_alive() and result == [False]
+    assert took < 5, f"stopping took {took:.1f} s"
+    assert len(set(running)) == 2
+    assert not coll.counter.ready and sum(coll.counter.totals) == 0
+    success = coll.health.registry.get_sample_value
+    assert success("convrs_exporter_query_success", {"query": "messages"}) == 0
+    wait_until(lambda: _busy(pg_engine) == 0, what="no statement left running")
+    coll.db.close()
+
+
+def _busy(engine: Engine) -> int:
+    """The exporter's sessions in this database running a statement."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                    "'convrs-exporter' AND datname = current_database() AND state = 'active'"
+                )
+            ).scalar_one()
+        )

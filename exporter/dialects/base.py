@@ -48,6 +48,9 @@ class Dialect:
             "pool_size": pool_size,
             "max_overflow": 0,
             "pool_timeout": connect_timeout,
+            # the connection returned last is taken next: collections keep to one (its
+            # prepared statements), the second is used only to read ranges beside it
+            "pool_use_lifo": True,
         }
 
     def prepare_engine(self, engine: Engine) -> None:
@@ -55,10 +58,14 @@ class Dialect:
 
     # --- reading ---------------------------------------------------------------------
 
-    def begin(self, conn: Connection, timeout: float, snapshot: bool, bulk: bool = False) -> None:
+    concurrent_ranges: ClassVar[bool] = False
+    """Whether a count in ranges may read two ranges at once, on two connections."""
+
+    def begin(self, conn: Connection, timeout: float, snapshot: bool, bulk: int = 0) -> None:
         """First statement of a read-only transaction bounded by ``timeout`` seconds;
         with ``snapshot`` every statement of it reads one snapshot, where it can; ``bulk``:
-        it groups a large range of rows (a first count's or a reconciliation's)."""
+        it groups a large range of rows (a first count's or a reconciliation's), one of
+        ``bulk`` such ranges read at once (0: not such a range)."""
 
     @contextmanager
     def deadline(self, conn: Connection, seconds: float) -> Iterator[None]:

@@ -88,6 +88,7 @@ class PostgreSQL(Dialect):
     drivers: ClassVar[tuple[str, ...]] = ("psycopg",)
     org_arrays: ClassVar[bool] = True
     replicas: ClassVar[bool] = True
+    concurrent_ranges: ClassVar[bool] = True
 
     def engine_args(self, connect_timeout: float, pool_size: int, prepared: bool) -> dict[str, Any]:
         args = super().engine_args(connect_timeout, pool_size, prepared)
@@ -110,19 +111,26 @@ class PostgreSQL(Dialect):
         event.listen(engine, "first_connect", _lenient_text, insert=True)
         event.listen(engine, "connect", _lenient_text, insert=True)
 
-    def begin(self, conn: Connection, timeout: float, snapshot: bool, bulk: bool = False) -> None:
+    def begin(self, conn: Connection, timeout: float, snapshot: bool, bulk: int = 0) -> None:
         """Each statement is planned for its own bounds (``force_custom_plan``), so that a
         full count never runs on a plan made for a few thousand rows. A bulk range groups
         every series in memory (``work_mem``: with the default 4MB, a range of 500,000 rows
-        over 28,000 series sorted on disk, 3x slower) and in parallel, as the planner does
-        for a whole table but not, by its costs, for a range; for this transaction only."""
+        over 28,000 series sorted on disk, 3x slower). Read alone, it runs in parallel, as
+        the planner does for a whole table but not, by its costs, for a range; read beside
+        another range (the exporter's own parallelism), it runs in one process: two ranges
+        in parallel plans gathered 1.25M rows each in 280 ms, two serial ones at once 2.5M
+        rows in 340 ms (30M messages, 2 cores). For this transaction only."""
         level = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
-        settings = (
-            "; SET LOCAL work_mem = '64MB'; SET LOCAL parallel_setup_cost = 0;"
-            " SET LOCAL parallel_tuple_cost = 0"
-            if bulk
-            else ""
-        )
+        settings = ""
+        if bulk == 1:
+            settings = (
+                "; SET LOCAL work_mem = '64MB'; SET LOCAL parallel_setup_cost = 0;"
+                " SET LOCAL parallel_tuple_cost = 0"
+            )
+        elif bulk > 1:
+            settings = (
+                "; SET LOCAL work_mem = '64MB'; SET LOCAL max_parallel_workers_per_gather = 0"
+            )
         conn.exec_driver_sql(
             f"SET TRANSACTION {level}READ ONLY; "
             f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}; "

@@ -28,18 +28,20 @@ into a settling range changes its checksum, so it is recounted. The counts stay 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import Database, Reader
+from ..db import Database, Reader, connection
 from ..dialects import NO_FENCE, Fence
-from ..errors import QueryError, QueryTimeout
+from ..errors import QueryError
 from ..mapping import MessagesSpec, Shard
 from ..snapshot import MetricData
 from .counter import MessageCounter, Pair, SeriesKey, Shape, Summary
+from .ranges import Opened, read_ranges
 from .scan import Reconciliation, Scan
 from .sql import BOUNDS, CEILING, FLOOR, KeyRange
 
@@ -89,6 +91,8 @@ class MessagesCollector:
         self.last_scan: Scan | None = None
         """The latest count in ranges, under way or done (for the progress metrics)."""
         self.stopping = False
+        self.watch: Callable[[Any], None] = lambda _: None
+        """Told each further connection's driver connection (Collection: to cancel it)."""
 
     def _rows(self, conn: Connection, sql: str, keys: KeyRange) -> Iterable[Sequence[Any]]:
         return self.shard.mine(self.reader.stream(conn, sql, keys.params()), self.null_orgs)
@@ -140,23 +144,7 @@ class MessagesCollector:
                 return
             scan = self.first_count = Scan("first count", low - 1, high, self.monotonic())
             self._firsts, self.last_scan = {}, scan
-        dialect = self.db.dialect
-
-        def count(keys: KeyRange) -> tuple[int, float]:
-            with self.reader.read_only(conn, snapshot=True, bulk=True):
-                fence: Fence = NO_FENCE
-                head = dialect.fenced(None)
-                if head is not None:  # in the snapshot the range is read in
-                    (row,) = self.reader.fetch(conn, head)
-                    fence, _ = dialect.split_fence(row)
-                took = [0.0]
-                rows = self._range_rows(conn, keys, took)
-                counted = self.counter.add_range(
-                    rows, keys.upto, self.monotonic(), fence, self._firsts
-                )
-            return counted, took[0]
-
-        self._run_scan(scan, count)
+        self._run_scan(conn, scan, self._open_first, self._fold_first)
         if scan.finished:
             self.counter.finish_first_count(self._firsts)
             self.first_count, self._firsts = None, {}
@@ -165,38 +153,76 @@ class MessagesCollector:
                 extra={"rows": scan.rows, "seconds": round(self.monotonic() - scan.started, 1)},
             )
 
-    def _range_rows(
-        self, conn: Connection, keys: KeyRange, took: list[float]
-    ) -> Iterable[Sequence[Any]]:
-        """A range's rows (one per series it holds: far fewer than it counts), read a few
-        thousand at a time; how long the database took is in ``took[0]`` once they are
-        read: what the statement timeout bounds, and what the next range is sized by
-        (folding the rows is this process's time, and the budget's)."""
-        rows = self.reader.stream_timed(conn, self.spec.sql.full, keys.params(), took)
-        return self.shard.mine(rows, self.null_orgs)
+    def _open_first(self, conn: Connection, keys: KeyRange, streams: int) -> Opened:
+        """A range of the first count: its fence, in the snapshot the range is read in."""
+        dialect = self.db.dialect
+        with ExitStack() as transaction:
+            transaction.enter_context(self.reader.read_only(conn, snapshot=True, bulk=streams))
+            fence: Fence = NO_FENCE
+            head = dialect.fenced(None)
+            if head is not None:
+                (row,) = self.reader.fetch(conn, head)
+                fence, _ = dialect.split_fence(row)
+            rows, took = transaction.enter_context(
+                self.reader.timed(conn, self.spec.sql.full, keys.params())
+            )
+            return Opened(keys, rows, took, fence, transaction.pop_all())
 
-    def _run_scan(self, scan: Scan, count: Callable[[KeyRange], tuple[int, float]]) -> None:
-        """Ranges until the scan is done or the budget spent; a range cut by the statement
-        timeout is tried again, smaller."""
-        deadline, first = time.monotonic() + self.budget, True
-        while not scan.finished and (first or time.monotonic() < deadline) and not self.stopping:
-            first = False
-            keys = scan.next_range()
-            began = time.monotonic()
-            try:
-                rows, seconds = count(keys)
-            except QueryTimeout:
-                if self.stopping or not scan.failed():
-                    raise
-                log.info(
-                    "a range of messages took too long; trying a smaller one",
-                    extra={"phase": scan.phase, "keys": scan.step},
-                )
-                continue
-            scan.done(keys, rows, seconds, self.reader.timeout, time.monotonic() - began)
-            scan.report(self.monotonic())
+    def _fold_first(self, opened: Opened) -> int:
+        with opened.transaction:
+            rows = self.shard.mine(opened.rows, self.null_orgs)
+            return self.counter.add_range(
+                rows, opened.keys.upto, self.monotonic(), opened.fence, self._firsts
+            )
+
+    def _open_plain(self, conn: Connection, keys: KeyRange, streams: int) -> Opened:
+        """A range of the reconciliation (no fence: it settles nothing)."""
+        with ExitStack() as transaction:
+            transaction.enter_context(self.reader.read_only(conn, bulk=streams))
+            rows, took = transaction.enter_context(
+                self.reader.timed(conn, self.spec.sql.full, keys.params())
+            )
+            return Opened(keys, rows, took, NO_FENCE, transaction.pop_all())
+
+    def _run_scan(
+        self,
+        conn: Connection,
+        scan: Scan,
+        open_range: Callable[[Connection, KeyRange, int], Opened],
+        fold: Callable[[Opened], int],
+    ) -> None:
+        """Ranges until the scan is done or the budget spent (``ranges.read_ranges``), two
+        at a time where a second connection can be had."""
+        with self._connections(conn) as conns:
+            read_ranges(
+                scan,
+                conns,
+                open_range,
+                fold,
+                self.budget,
+                self.reader.timeout,
+                lambda: self.stopping,
+                self.monotonic,
+            )
         if self.stopping and not scan.finished:
             raise QueryError(self.key, "cancelled: stopping")
+
+    @contextmanager
+    def _connections(self, conn: Connection) -> Iterator[list[Connection]]:
+        """``conn``, and a second connection from the pool where the dialect reads ranges
+        at once and the pool has one to spare (else ranges are read one at a time)."""
+        conns = [conn]
+        with ExitStack() as stack:
+            pool_size = getattr(self.db.engine.pool, "size", lambda: 1)()
+            if self.db.dialect.concurrent_ranges and pool_size > 1:
+                try:
+                    conns.append(stack.enter_context(connection(self.db, self.watch)))
+                except SQLAlchemyError as exc:
+                    log.debug(
+                        "reading ranges one at a time: no second connection",
+                        extra={"err": self.reader.fail(exc).message},
+                    )
+            yield conns
 
     def _count_new(
         self, conn: Connection, summary: Summary | None, now: float, fence: Fence
@@ -265,17 +291,16 @@ class MessagesCollector:
             scan = self.last_scan = Scan("reconciliation", low - 1, keys.upto, self.monotonic())
             r = self.reconciliation = Reconciliation(scan, self.counter.settled_per_series())
 
-        def count(keys: KeyRange) -> tuple[int, float]:
-            took = [0.0]
-            with self.reader.read_only(conn, bulk=True):
-                counted = self.counter.reconcile_fold(self._range_rows(conn, keys, took), r.found)
-            return counted, took[0]
+        def fold(opened: Opened) -> int:
+            with opened.transaction:
+                rows = self.shard.mine(opened.rows, self.null_orgs)
+                return self.counter.reconcile_fold(rows, r.found)
 
         saved = self.budget
         if not budget:
             self.budget = float("inf")
         try:
-            self._run_scan(r.scan, count)  # a failed range: it goes on there next time
+            self._run_scan(conn, r.scan, self._open_plain, fold)  # a failed range: on there next
         finally:
             self.budget = saved
         if not r.scan.finished:

@@ -60,6 +60,18 @@ class Batch:
             into[i] = into.get(i, 0) + n
 
 
+def _older(a: Any, b: Any) -> Any:
+    """The older of two timestamps as a driver gives them (compared as they are where they
+    can be: datetimes of one kind, ISO text of one form; else in Unix seconds)."""
+    if type(a) is type(b) and not isinstance(a, str):
+        try:
+            return b if b < a else a
+        except TypeError:  # naive beside aware
+            pass
+    ua, ub = to_unix(a), to_unix(b)
+    return b if ua is None or (ub is not None and ub < ua) else a
+
+
 @dataclass
 class _Fold:
     """Full-layout rows read into per-series counts, not yet applied."""
@@ -306,7 +318,11 @@ class MessageCounter:
         """Full-layout rows, read one at a time, into per-series counts (nothing applied)."""
         n_at, first_at, max_at, checksum_at = self._full
         fold = _Fold()
-        counts, firsts = fold.counts, fold.firsts
+        counts, keys, pending = fold.counts, self.keys, self.pending
+        oldest: dict[Pair, Any] = {}
+        """The oldest first-message time of each pending pair, as the driver gave it:
+        made a timestamp once per pair, not once per row (a first count's ranges hold
+        every series)."""
         for row in rows:
             i = self._series(row)
             n = int(row[n_at])
@@ -316,8 +332,15 @@ class MessageCounter:
             top = row[max_at]
             if top is not None and top > fold.max_key:
                 fold.max_key = int(top)
-            key = self.keys[i]
-            self._earliest(firsts, (key[0], key[1]), row[first_at])
+            ts = row[first_at]
+            if ts is not None:
+                key = keys[i]
+                pair = (key[0], key[1])
+                if pair in pending:
+                    seen = oldest.get(pair)
+                    oldest[pair] = ts if seen is None else _older(seen, ts)
+        for pair, ts in oldest.items():
+            self._earliest(fold.firsts, pair, ts)
         return fold
 
     def _fold_per_series(

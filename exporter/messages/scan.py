@@ -3,13 +3,15 @@ timeout, spread over as many collections as it takes: the first count and reconc
 
 Each range's size adapts to what the last one cost (a quarter of the timeout is the aim);
 a range that fails (cut by the timeout, a lost connection) is retried, smaller, not the
-whole count. Progress (rows, an estimate of the total, an ETA) is logged every
-``LOG_EVERY`` seconds and kept for the metrics and ``/readyz``.
+whole count. Progress (rows, an estimate of the total, an ETA) is logged after the
+first range and then every ``LOG_EVERY`` seconds, and kept for the metrics and
+``/readyz``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from .sql import KeyRange
@@ -49,7 +51,7 @@ class Scan:
     def __post_init__(self) -> None:
         self.step = self.step or FIRST_STEP
         self.done_to = self.start
-        self.logged_at = self.started
+        self.logged_at = -math.inf  # the first range is logged: a count under way shows
 
     @property
     def finished(self) -> bool:

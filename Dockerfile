@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # convrs-exporter image: the package installed from this repository into a virtual
-# environment, copied onto a slim Python base, run as a non-root user. No secrets are
+# environment (with PyMySQL, for MySQL and MariaDB), copied onto a slim Python base, run
+# as a non-root user. No secrets are
 # baked in: pass the database URL at run time (CONVRS_EXPORTER_DATABASE_URL, or
 # CONVRS_EXPORTER_DATABASE_URL_FILE pointing at a mounted secret) and mount the
 # configuration file, e.g. at /etc/convrs-exporter/config.yml.
@@ -11,7 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir '.[mysql]'
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="convrs-exporter" \

@@ -27,6 +27,7 @@ def open_database(url: str, config: Config) -> Database:
         connect_timeout=config.database.connect_timeout,
         pool_size=config.database.pool_size,
         prepared_statements=config.database.prepared_statements,
+        timezone=config.database.timezone,
     )
 
 
@@ -73,9 +74,13 @@ def assemble(
         counter = None  # a first count under way goes with its collector: begun anew
     if counter is not None:
         counter.settle_after = config.collection.settle_after
+        counter.timezone = db.timezone
     elif state is not None:
         counter = MessageCounter(
-            specs.messages.labels, config.collection.settle_after, owns=specs.shard.owns
+            specs.messages.labels,
+            config.collection.settle_after,
+            owns=specs.shard.owns,
+            timezone=db.timezone,
         )
         if not state.load(counter):
             counter = None  # a new one: the whole table is counted

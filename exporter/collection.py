@@ -75,7 +75,7 @@ class Collection:
         """For ages (staleness, settling), immune to clock steps."""
         shard = specs.shard
         self.counter = counter or MessageCounter(
-            specs.messages.labels, settings.settle_after, owns=shard.owns
+            specs.messages.labels, settings.settle_after, owns=shard.owns, timezone=db.timezone
         )
         self.organizations = OrganizationsCollector(db, specs.organizations, shard)
         self.gauges = tuple(GaugeCollector(db, spec, shard) for spec in specs.gauges)
@@ -218,7 +218,7 @@ class Collection:
             try:
                 self.db.dialect.cancel(driver_conn)
             except Exception as exc:  # best effort: the statement timeout ends it anyway
-                log.debug("could not cancel the running query", extra={"err": str(exc)})
+                log.debug("could not cancel the running query", extra={"err": repr(exc)})
 
     def idle(self, timeout: float) -> bool:
         """Wait until no collection runs (True), or give up after ``timeout`` seconds."""

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +29,7 @@ from pydantic import (
 
 from .contract import MAPPED_LABELS
 from .errors import ConfigError
+from .labels import zone
 
 ENV_PREFIX = "CONVRS_EXPORTER_"
 
@@ -64,6 +66,11 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _zone_name(name: str) -> str:
+    zone(name)  # ValueError names what is accepted
+    return name
+
+
 class DatabaseConfig(Model):
     url: SecretStr | None = None
     statement_timeout: Duration = 10.0
@@ -73,6 +80,9 @@ class DatabaseConfig(Model):
     """PostgreSQL: let psycopg prepare the statements a connection runs again and again.
     False behind a pooler that cannot keep them (PgBouncer in transaction mode before 1.21,
     or without max_prepared_statements)."""
+    timezone: Annotated[str, AfterValidator(_zone_name)] = "UTC"
+    """The zone of timestamps stored without one (PostgreSQL ``timestamp``, MySQL
+    ``DATETIME``, SQLite text); MySQL sessions also read ``TIMESTAMP`` columns in it."""
 
 
 class CollectionConfig(Model):

@@ -7,6 +7,7 @@ and every statement is bounded by the statement timeout; how, is the dialect's
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 
 from .dialects import Dialect, dialect_for
 from .errors import ConfigError, QueryError, QueryTimeout
+from .labels import zone
 
 _USERINFO = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
 
@@ -30,7 +32,8 @@ def redact_url_text(url: str) -> str:
 
 
 def parse_url(raw: str) -> URL:
-    """Parse and normalise a database URL; ``postgresql://`` means psycopg 3."""
+    """Parse and normalise a database URL: a plain one (``postgresql://``, ``mysql://``)
+    names the dialect's tested driver. ConfigError for a database not supported."""
     try:
         url = make_url(raw.strip())  # a non-numeric port raises ValueError
     except (ArgumentError, ValueError):
@@ -51,8 +54,12 @@ def parse_url(raw: str) -> URL:
     if any("\x00" in p for p in parts if p):
         # libpq stops reading at a NUL: the rest (host, port, sslmode) would be dropped
         raise ConfigError("the URL holds a NUL character (%00)", key="database.url")
-    if url.drivername in ("postgres", "postgresql"):
-        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername == "postgres":
+        url = url.set(drivername="postgresql")
+    backend, _, driver = url.drivername.partition("+")
+    dialect = dialect_for(url)  # refuses what is not supported, naming what is
+    if not driver:  # postgresql:// means psycopg 3, mysql:// and mariadb:// PyMySQL
+        url = url.set(drivername=f"{backend}+{dialect.drivers[0]}")
     return url
 
 
@@ -87,6 +94,8 @@ class Database:
     secrets: list[str] = field(repr=False)
     """The password (wherever the URL gives it), kept only to scrub it from any message that
     might echo it."""
+    timezone: dt.tzinfo = dt.UTC
+    """The zone of timestamps the database gives without one (``database.timezone``)."""
 
     def describe(self) -> str:
         return redact(self.engine.url)
@@ -102,6 +111,7 @@ def connect(
     connect_timeout: float,
     pool_size: int,
     prepared_statements: bool = True,
+    timezone: str = "UTC",
 ) -> Database:
     """An engine with a small bounded pool; connections are opened lazily."""
     url = parse_url(raw_url)
@@ -111,11 +121,16 @@ def connect(
             url, **dialect.engine_args(connect_timeout, pool_size, prepared_statements)
         )
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        if isinstance(exc, ImportError) and dialect.install:
+            raise ConfigError(
+                f"the {url.get_backend_name()} driver is not installed: {dialect.install}",
+                key="database.url",
+            ) from None
         raise ConfigError(
             f"cannot load the {dialect.name} driver: {type(exc).__name__}", key="database.url"
         ) from None
-    dialect.prepare_engine(engine)
-    return Database(engine, dialect, statement_timeout, url_secrets(url))
+    dialect.prepare_engine(engine, timezone)
+    return Database(engine, dialect, statement_timeout, url_secrets(url), zone(timezone))
 
 
 @contextmanager

@@ -3,29 +3,55 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
+import zoneinfo
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from operator import call
 from typing import Any
 
 
-def to_unix(value: Any) -> float | None:
-    """A timestamp from any driver (aware or naive datetime, ISO text, epoch) in Unix seconds.
-    Raises ValueError or TypeError for what is none."""
+def to_unix(value: Any, tz: dt.tzinfo = dt.UTC) -> float | None:
+    """A timestamp from any driver (aware or naive datetime, ISO text, epoch) in Unix seconds;
+    a naive one is taken in ``tz`` (``database.timezone``). Raises ValueError or TypeError
+    for what is none."""
     if value is None:
         return None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
+            value = value.replace(tzinfo=tz)
         return float(value.timestamp())
     if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
+        return dt.datetime(value.year, value.month, value.day, tzinfo=tz).timestamp()
     if isinstance(value, int | float | Decimal):
         return float(value)
     if isinstance(value, str):
-        return to_unix(dt.datetime.fromisoformat(value.strip()))
+        return to_unix(dt.datetime.fromisoformat(value.strip()), tz)
     raise TypeError(f"not a timestamp: {type(value).__name__}")
+
+
+_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+
+
+def zone(name: str) -> dt.tzinfo:
+    """``database.timezone``: ``UTC``, an offset (``+05:30``) or an IANA name
+    (``Europe/Berlin``). ValueError for what is none of these."""
+    if name == "UTC":
+        return dt.UTC
+    if m := _OFFSET.match(name):
+        sign, hours, minutes = m.groups()
+        offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+        if offset >= dt.timedelta(hours=14):
+            raise ValueError(f"not a time zone offset: {name}")
+        return dt.timezone(-offset if sign == "-" else offset)
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (UTC, an offset such as +05:30, or an IANA name "
+            "such as Europe/Berlin)"
+        ) from None
 
 
 NULL = "unknown"

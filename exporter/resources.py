@@ -30,9 +30,12 @@ class OrganizationsCollector:
         counting-since does not fall back to the exporter's own and jump back."""
 
     def collect(self, conn: Connection, now: float) -> MetricData:
+        tz = self.reader.db.timezone
         with self.reader.read_only(conn):
             rows = self.shard.mine(self.reader.stream(conn, self.spec.sql), self.null_orgs)
-            series = tuple(Series(labels_of(self._columns, r), 1.0, to_unix(r[2])) for r in rows)
+            series = tuple(
+                Series(labels_of(self._columns, r), 1.0, to_unix(r[2], tz)) for r in rows
+            )
         self.counting_since = {s.labels[0]: s.created for s in series if s.created is not None}
         return MetricData(self.key, series, now)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What the tests need besides Python packages: Prometheus + promtool, and PostgreSQL up.
+# What the tests need besides Python packages: Prometheus + promtool, PostgreSQL and MariaDB
+# up.
 # Installs or starts them when missing (as root, or through sudo where it is set up).
 set -euo pipefail
 
@@ -11,14 +12,16 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq prometheus >/dev/null
 fi
 
-pg_up() { python3 - <<'PY'
+port_up() { python3 - "$1" <<'PY'
 import socket, sys
 try:
-    socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
 except OSError:
     sys.exit(1)
 PY
 }
+pg_up() { port_up 5432; }
+mariadb_up() { port_up 3306; }
 
 if ! pg_up; then
     echo "ensure-services: starting PostgreSQL"
@@ -26,6 +29,18 @@ if ! pg_up; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
     for _ in $(seq 1 30); do pg_up && break; sleep 1; done
     pg_up || { echo "ensure-services: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+fi
+
+if ! mariadb_up; then
+    if ! command -v mariadbd >/dev/null && [ ! -x /usr/sbin/mariadbd ]; then
+        echo "ensure-services: installing MariaDB"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mariadb-server >/dev/null
+    fi
+    echo "ensure-services: starting MariaDB"
+    as_root service mariadb start >/dev/null
+    for _ in $(seq 1 30); do mariadb_up && break; sleep 1; done
+    mariadb_up || { echo "ensure-services: MariaDB did not come up on 127.0.0.1:3306" >&2; exit 1; }
 fi
 
 # Grafana's own value formatter, for the dashboard's display tests (the version the compose

@@ -240,6 +240,7 @@ def test_cli_exits_2_on_a_bad_flag_value(tmp: Path) -> None:
         (f"mssql+pymssql://sa:{SECRET}@127.0.0.1/db", "database 'mssql' is not supported"),
         (f"oracle://scott:{SECRET}@127.0.0.1/db", "database 'oracle' is not supported"),
         (f"postgresql+psycopg2://u:{SECRET}@127.0.0.1/db", "driver 'psycopg2' is not supported"),
+        (f"mysql+mysqldb://u:{SECRET}@127.0.0.1/db", "driver 'mysqldb' is not supported"),
     ],
 )
 def test_a_database_it_does_not_support_exits_2_naming_those_it_does(url: str, said: str) -> None:
@@ -249,6 +250,7 @@ def test_a_database_it_does_not_support_exits_2_naming_those_it_does(url: str, s
     assert said in line and SECRET not in line + result.stdout
     if "driver" not in said:
         assert "supported: postgresql (postgresql://" in line and "sqlite (sqlite:///" in line
+        assert "mysql (mysql://" in line and "(or mariadb://)" in line
 
 
 def test_a_metric_may_have_its_own_statement_timeout_below_its_interval(tmp: Path) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
@@ -19,13 +19,14 @@ from sqlalchemy import Engine, create_engine, event, text
 from exporter.collection import Collection
 from exporter.config import Config, reference_mapping
 from exporter.dialects import NO_FENCE
+from exporter.dialects.mysql import CACHE_IDLE, MySQL
 from exporter.errors import QueryError
 from exporter.mapping import build_specs
 from exporter.messages.counter import MessageCounter, Summary
 from exporter.messages.sql import KeyRange
 from exporter.schema import metadata
-from tests.support import pg
 from tests.support.expo import assembled, in_process, rendered_text, served
+from tests.support.servers import MARIADB, POSTGRESQL, SERVERS, Server, Writer
 
 KEY = ("1", "inbound", "sms", "user")
 INSERT = (
@@ -34,55 +35,94 @@ INSERT = (
 )
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The tests that take ``collection`` run on each server with a reader that sees other
+    sessions' transactions, and on PostgreSQL also with a plain one (its xid check still
+    guards late commits; MariaDB without PROCESS has only time, see the test of that); the
+    others that take ``empty`` run on each server."""
+    if "collection" in metafunc.fixturenames:
+        metafunc.parametrize(
+            ("server", "sees_others"),
+            [(POSTGRESQL, True), (POSTGRESQL, False), (MARIADB, True)],
+            ids=["postgresql-monitoring", "postgresql-plain", "mariadb-process"],
+            indirect=True,
+        )
+    elif "server" in metafunc.fixturenames:
+        metafunc.parametrize("server", SERVERS, ids=str, indirect=True)
+
+
 @pytest.fixture
-def empty(pg_engine: Engine) -> Engine:
-    metadata.create_all(pg_engine)
-    with pg_engine.begin() as conn:
+def server(request: pytest.FixtureRequest) -> Server:
+    return cast(Server, request.param)
+
+
+@pytest.fixture
+def sees_others(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def _schema(engine: Engine) -> Engine:
+    metadata.create_all(engine)
+    with engine.begin() as conn:
         conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A'), (2, 'B')"))
-    return pg_engine
+    return engine
+
+
+@pytest.fixture
+def empty(server: Server) -> Iterator[Engine]:
+    """The reference schema with two organizations and no messages, on the test's server."""
+    with server.database() as url:
+        engine = server.engine(url)
+        yield _schema(engine)
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_empty(pg_engine: Engine) -> Engine:
+    """The same, on PostgreSQL only (tests of what only it has: xids, org arrays)."""
+    return _schema(pg_engine)
 
 
 @contextmanager
-def as_role(empty: Engine, monitoring: bool) -> Iterator[Collection]:
-    """The exporter as its own role: one that sees every session in pg_stat_activity
-    (pg_read_all_stats, which pg_monitor grants), or a plain one that does not."""
-    role = f"exporter_{uuid.uuid4().hex[:8]}"
-    with empty.begin() as conn:
-        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
-        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
-        if monitoring:
-            conn.execute(text(f"GRANT pg_read_all_stats TO {role}"))
-    url = _url(empty).replace("postgres@", f"{role}@")
-    coll, _ = in_process(url, {"collection": {"settle_after": "1ms"}})
-    try:
-        assert _role_sees_all(coll) is monitoring
-        yield coll
-    finally:
-        coll.db.close()
-        with empty.begin() as conn:
-            conn.execute(text(f"DROP OWNED BY {role}"))
-            conn.execute(text(f"DROP ROLE {role}"))
+def as_reader(server: Server, empty: Engine, sees_others: bool) -> Iterator[Collection]:
+    """The exporter as a read-only user of its own: one that sees every session's
+    transactions (pg_read_all_stats, which pg_monitor grants; MariaDB: PROCESS), or a plain
+    one that does not."""
+    with server.reader(empty, sees_others) as url:
+        coll, _ = in_process(url, {"collection": {"settle_after": "1ms"}})
+        try:
+            assert _sees_others(coll) is sees_others
+            yield coll
+        finally:
+            coll.db.close()
 
 
-@pytest.fixture(params=["monitoring role", "plain role"])
-def collection(request: pytest.FixtureRequest, empty: Engine) -> Iterator[Collection]:
-    with as_role(empty, request.param == "monitoring role") as coll:
+@pytest.fixture
+def collection(server: Server, empty: Engine, sees_others: bool) -> Iterator[Collection]:
+    with as_reader(server, empty, sees_others) as coll:
         yield coll
 
 
 @pytest.fixture
-def monitoring(empty: Engine) -> Iterator[Collection]:
-    with as_role(empty, True) as coll:
+def monitoring(server: Server, empty: Engine) -> Iterator[Collection]:
+    with as_reader(server, empty, True) as coll:
         yield coll
 
 
-def _role_sees_all(coll: Collection) -> bool:
+@pytest.fixture
+def pg_monitoring(pg_empty: Engine) -> Iterator[Collection]:
+    with as_reader(POSTGRESQL, pg_empty, True) as coll:
+        yield coll
+
+
+def _sees_others(coll: Collection) -> bool:
+    from exporter.dialects.mysql import TrxProbe
     from exporter.dialects.postgresql import XidProbe
 
     with coll.db.engine.connect() as conn:
         probe = coll.db.dialect.probe(conn)
-        assert isinstance(probe, XidProbe)
-        return probe.sees_all
+        assert isinstance(probe, XidProbe | TrxProbe)
+        return probe.sees_all if isinstance(probe, XidProbe) else probe.sees
 
 
 def _url(engine: Engine) -> str:
@@ -91,6 +131,17 @@ def _url(engine: Engine) -> str:
 
 def _dsn(engine: Engine) -> str:
     return f"host=127.0.0.1 port=5432 user=postgres dbname={engine.url.database}"
+
+
+def _delete_newest(engine: Engine, keep: int = 0) -> None:
+    """Delete the newest message (``keep`` 0), or all but the newest ``keep`` (MySQL
+    cannot read the table a DELETE writes in a subquery)."""
+    with engine.begin() as conn:
+        newest = int(conn.execute(text("SELECT max(id) FROM messages")).scalar_one())
+        if keep:
+            conn.execute(text("DELETE FROM messages WHERE id <= :n"), {"n": newest - keep})
+        else:
+            conn.execute(text("DELETE FROM messages WHERE id = :n"), {"n": newest})
 
 
 def total(coll: Collection, key: tuple[str, ...] = KEY) -> float:
@@ -103,13 +154,22 @@ def table_count(engine: Engine) -> int:
 
 
 def run_n(coll: Collection, n: int = 3) -> None:
+    """Collections in a row; on MySQL each a little after the last, as InnoDB refreshes its
+    list of open transactions only once no one has read it for a moment
+    (``dialects.mysql.CACHE_IDLE``; collections 30 s apart always find it fresh)."""
     for _ in range(n):
+        if isinstance(coll.db.dialect, MySQL):
+            time.sleep(1.5 * CACHE_IDLE)
         assert coll.run()
 
 
-def test_lower_id_committed_after_a_higher_one(collection: Collection, empty: Engine) -> None:
-    t1 = psycopg.connect(_dsn(empty))
-    t2 = psycopg.connect(_dsn(empty))
+def test_lower_id_committed_after_a_higher_one(
+    server: Server, collection: Collection, empty: Engine
+) -> None:
+    """A transaction held open past settle_after with the lower id: the watermark waits
+    for it (PostgreSQL: its xid, and its session; MariaDB: InnoDB's open transactions)."""
+    t1 = server.writer(empty)
+    t2 = server.writer(empty)
     (low,) = t1.execute(INSERT).fetchone() or (0,)  # takes the lower id, stays open
     (high,) = t2.execute(INSERT).fetchone() or (0,)
     t2.commit()
@@ -124,9 +184,16 @@ def test_lower_id_committed_after_a_higher_one(collection: Collection, empty: En
         conn.close()
 
 
-def test_older_xid_committing_first(collection: Collection, empty: Engine) -> None:
+@pytest.mark.parametrize("sees_others", [True, False], ids=["monitoring", "plain"])
+def test_older_xid_committing_first(sees_others: bool, pg_empty: Engine) -> None:
     """The open transaction's xid is above the snapshot's xmax (one past the newest completed
     xid): xmin-against-xmax alone would settle past its id."""
+    empty = pg_empty
+    with as_reader(POSTGRESQL, empty, sees_others) as collection:
+        _older_xid_committing_first(collection, empty)
+
+
+def _older_xid_committing_first(collection: Collection, empty: Engine) -> None:
     t2 = psycopg.connect(_dsn(empty))
     t1 = psycopg.connect(_dsn(empty))
     t2.execute("SELECT pg_current_xact_id()")
@@ -142,11 +209,13 @@ def test_older_xid_committing_first(collection: Collection, empty: Engine) -> No
     t2.close()
 
 
-def test_id_taken_before_the_transaction_has_an_xid(monitoring: Collection, empty: Engine) -> None:
+def test_id_taken_before_the_transaction_has_an_xid(
+    pg_monitoring: Collection, pg_empty: Engine
+) -> None:
     """SELECT nextval first, INSERT later (an ORM pattern): no xid yet while it holds the id.
     Only pg_stat_activity shows such a transaction (without pg_read_all_stats, settle_after
     is what covers it)."""
-    collection = monitoring
+    collection, empty = pg_monitoring, pg_empty
     for _ in range(100):  # nextval takes an xid when it logs the sequence (every 32 values)
         t1 = psycopg.connect(_dsn(empty))
         (early,) = t1.execute("SELECT nextval('messages_id_seq')").fetchone() or (0,)
@@ -170,14 +239,16 @@ def test_id_taken_before_the_transaction_has_an_xid(monitoring: Collection, empt
 
 
 def test_an_open_transaction_in_another_database_does_not_hold_the_watermark(
-    monitoring: Collection, empty: Engine
+    server: Server, monitoring: Collection, empty: Engine
 ) -> None:
-    """Only this database's sessions can write its messages: an idle-in-transaction session
-    elsewhere on the server (no xid) does not keep batches from settling."""
-    with pg.throwaway_database() as other_url:
-        name = other_url.rsplit("/", 1)[1]
-        elsewhere = psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={name}")
-        elsewhere.execute("SELECT 1")  # a transaction open, idle, from before the counts
+    """Only this database's sessions can write its messages: a session elsewhere on the
+    server, idle in a transaction that read a table, does not keep batches from settling."""
+    with server.database() as other_url:
+        other = server.engine(other_url)
+        with other.begin() as conn:
+            conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
+        elsewhere = server.writer(other)
+        elsewhere.execute("SELECT count(*) FROM t")  # open, idle, from before the counts
         try:
             with empty.begin() as conn:
                 for _ in range(3):
@@ -188,6 +259,7 @@ def test_an_open_transaction_in_another_database_does_not_hold_the_watermark(
             assert total(monitoring) == 3 == table_count(empty)
         finally:
             elsewhere.close()
+            other.dispose()
 
 
 def test_deleting_never_lowers_and_adding_moves_by_exactly_what_was_added(
@@ -198,13 +270,12 @@ def test_deleting_never_lowers_and_adding_moves_by_exactly_what_was_added(
             conn.execute(text(INSERT))
     run_n(collection)
     assert total(collection) == 10
-    with empty.begin() as conn:  # a recent row deleted and a new one added in one interval
-        conn.execute(text("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)"))
+    _delete_newest(empty)  # a recent row deleted and a new one added in one interval
+    with empty.begin() as conn:
         conn.execute(text(INSERT))
     assert collection.run()
     assert total(collection) == 11
-    with empty.begin() as conn:  # retention: all but the newest two go
-        conn.execute(text("DELETE FROM messages WHERE id < (SELECT max(id) - 1 FROM messages)"))
+    _delete_newest(empty, keep=2)  # retention: all but the newest two go
     run_n(collection)
     assert total(collection) == 11
     with empty.begin() as conn:
@@ -215,13 +286,13 @@ def test_deleting_never_lowers_and_adding_moves_by_exactly_what_was_added(
 
 
 def test_late_commit_beside_a_deleted_tail_row_is_found_by_the_checksum(
-    collection: Collection, empty: Engine
+    server: Server, collection: Collection, empty: Engine
 ) -> None:
     """A late commit in one series and a delete of a tail row of another, in one interval:
     the tail's row count is unchanged, its key checksum is not, so the tail is recounted
     per series and the late row counts."""
     other = ("2", "outbound", "line", "bot")
-    t1 = psycopg.connect(_dsn(empty))
+    t1 = server.writer(empty)
     (low,) = t1.execute(INSERT).fetchone() or (0,)  # the lower id, left open
     with empty.begin() as conn:
         conn.execute(
@@ -234,9 +305,8 @@ def test_late_commit_beside_a_deleted_tail_row_is_found_by_the_checksum(
     assert (total(collection), total(collection, other)) == (0, 2)
     assert collection.counter.watermark < low  # the tail holds t1's id while it is open
     t1.commit()
-    with empty.begin() as conn:  # one of the tail's rows goes in the same interval
-        conn.execute(text("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)"))
-    assert collection.run()
+    _delete_newest(empty)  # one of the tail's rows goes in the same interval
+    run_n(collection, 1)
     assert (total(collection), total(collection, other)) == (1, 2)
     run_n(collection)
     assert (total(collection), total(collection, other)) == (1, 2)
@@ -247,11 +317,12 @@ def test_late_commit_beside_a_deleted_tail_row_is_found_by_the_checksum(
 
 
 def test_a_steady_collection_counts_only_the_new_rows(
-    collection: Collection, empty: Engine
+    pg_monitoring: Collection, pg_empty: Engine
 ) -> None:
     """Once the tail has settled, a collection runs the summary and one grouped count over
     the new rows only (the key range is its bound parameters), never the full shape; on
     PostgreSQL grouped by label values, with the orgs as an array."""
+    collection, empty = pg_monitoring, pg_empty
     with empty.begin() as conn:
         for _ in range(5):
             conn.execute(text(INSERT))
@@ -282,19 +353,23 @@ def test_a_steady_collection_counts_only_the_new_rows(
 
 
 def test_steady_counts_by_label_values_stay_exact_for_new_series_and_odd_org_ids(
-    empty: Engine,
+    server: Server, empty: Engine
 ) -> None:
     """A steady count reads one row per set of label values, with the org of each new row
-    in an array: org ids with array syntax in them come back whole, and series first met in
-    a steady count (a new org, a new channel) are added, each exactly once."""
-    org = "'o,\"{} \\' || CAST(messages.org_id AS text)"  # o,"{} \<id>
+    in an array (PostgreSQL: array_agg; MySQL: JSON_ARRAYAGG): org ids with array and JSON
+    syntax in them come back whole, and series first met in a steady count (a new org, a
+    new channel) are added, each exactly once."""
+    if server is POSTGRESQL:
+        org = "'o,\"{} \\' || CAST(messages.org_id AS text)"  # o,"{} \<id>
+    else:
+        org = "CONCAT('o,\"{} \\\\', messages.org_id)"  # the same: MySQL escapes \
     messages = {**reference_mapping()["messages"], "org": org}
     coll, _ = in_process(
         _url(empty), {"collection": {"settle_after": "1ms"}, "mapping": {"messages": messages}}
     )
     insert = (
         "INSERT INTO messages (org_id, direction, sender_type, channel) "
-        "SELECT :org, :direction, :sender, :channel FROM generate_series(1, :n)"
+        "VALUES (:org, :direction, :sender, :channel)"
     )
     batches = [
         [(1, "inbound", "user", "sms", 3)],
@@ -306,8 +381,9 @@ def test_steady_counts_by_label_values_stay_exact_for_new_series_and_odd_org_ids
         for batch in batches:
             with empty.begin() as conn:
                 for o, d, snd, ch, n in batch:
-                    params = {"org": o, "direction": d, "sender": snd, "channel": ch, "n": n}
-                    conn.execute(text(insert), params)
+                    params = {"org": o, "direction": d, "sender": snd, "channel": ch}
+                    for _ in range(n):
+                        conn.execute(text(insert), params)
             run_n(coll, 2)
         with empty.connect() as conn:
             want = {
@@ -349,11 +425,12 @@ def test_by_labels_rows_find_their_series_by_their_own_values() -> None:
 
 
 def test_org_ids_that_come_back_from_arrays_as_text_are_counted_per_series(
-    empty: Engine,
+    pg_empty: Engine,
 ) -> None:
     """psycopg reads an array of a type it does not know (here an enum) as one string: the
     steady count sees that, reads the same range one row per series instead, and stays
     exact."""
+    empty = pg_empty
     with empty.begin() as conn:
         conn.execute(text("CREATE TYPE org_code AS ENUM ('o1', 'o2')"))
     org = "CAST('o' || messages.org_id AS org_code)"
@@ -384,12 +461,13 @@ def test_org_ids_that_come_back_from_arrays_as_text_are_counted_per_series(
 
 
 def test_a_long_range_of_new_keys_is_counted_per_series(
-    monkeypatch: pytest.MonkeyPatch, collection: Collection, empty: Engine
+    monkeypatch: pytest.MonkeyPatch, pg_monitoring: Collection, pg_empty: Engine
 ) -> None:
     """A catch-up (after an outage, a bulk load) would put every new row's org in one array:
     past BY_LABELS_MAX_ROWS new rows (estimated from the keys) a steady count reads one row
     per series instead. Keys with gaps (time-based ids) are estimated by their density."""
     monkeypatch.setattr("exporter.messages.collector.BY_LABELS_MAX_ROWS", 3)
+    collection, empty = pg_monitoring, pg_empty
     with empty.begin() as conn:
         conn.execute(text(INSERT))
     run_n(collection, 1)
@@ -481,7 +559,9 @@ def test_restart_rebuilds_totals_from_the_table(collection: Collection, empty: E
     restarted.db.close()
 
 
-def test_randomized_out_of_order_commits_and_deletes(collection: Collection, empty: Engine) -> None:
+def test_randomized_out_of_order_commits_and_deletes(
+    server: Server, collection: Collection, empty: Engine
+) -> None:
     """Seeded random mix of writers that commit out of order or roll back, retention deletes,
     and collections: the totals never exceed the rows ever committed, and equal them,
     series by series, once no writer is left open."""
@@ -495,11 +575,11 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
     committed: Counter[tuple[str, ...]] = Counter()
     settled_checks = reconciled = 0
     checks = random.Random(7)  # its own stream: the writers' sequence stays the seed's
-    open_tx: list[tuple[psycopg.Connection[tuple[object, ...]], Counter[tuple[str, ...]]]] = []
+    open_tx: list[tuple[Writer, Counter[tuple[str, ...]]]] = []
     for _step in range(120):
         action = rng.random()
         if action < 0.35 or not open_tx:  # a writer opens and inserts a few rows
-            conn = psycopg.connect(_dsn(empty))
+            conn = server.writer(empty)
             added: Counter[tuple[str, ...]] = Counter()
             for _ in range(rng.randint(1, 4)):
                 org, d, ch, sender = rng.choice(series)
@@ -520,13 +600,12 @@ def test_randomized_out_of_order_commits_and_deletes(collection: Collection, emp
             conn.close()
         elif action < 0.8:  # retention deletes some settled rows
             with empty.begin() as c:
-                c.execute(
-                    text(
-                        "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
-                        "WHERE id <= :w ORDER BY id LIMIT 3)"
-                    ),
+                oldest = c.execute(
+                    text("SELECT id FROM messages WHERE id <= :w ORDER BY id LIMIT 3"),
                     {"w": collection.counter.watermark},
-                )
+                ).scalars()
+                for key in list(oldest):
+                    c.execute(text("DELETE FROM messages WHERE id = :k"), {"k": key})
         elif action < 0.95:
             assert collection.run()
             got = served(collection)["convrs_messages_total"]
@@ -587,18 +666,19 @@ def _count_upto(engine: Engine, watermark: int) -> dict[tuple[str, ...], int]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT org_id::text, direction, channel, sender_type, count(*) FROM messages "
+                "SELECT org_id, direction, channel, sender_type, count(*) FROM messages "
                 "WHERE id <= :w GROUP BY 1, 2, 3, 4"
             ),
             {"w": watermark},
         )
-        return {tuple(r[:4]): int(r[4]) for r in rows}
+        return {(str(r[0]), *r[1:4]): int(r[4]) for r in rows}
 
 
-def test_reconciliation_adds_what_the_increments_could_not_see(empty: Engine) -> None:
+def test_reconciliation_adds_what_the_increments_could_not_see(pg_empty: Engine) -> None:
     """Without pg_stat_activity a transaction holding an id before its xid can slip below the
     watermark; the periodic full count finds the row and adds it; deletions change nothing."""
-    with as_role(empty, monitoring=False) as plain:
+    empty = pg_empty
+    with as_reader(POSTGRESQL, empty, sees_others=False) as plain:
         for _ in range(100):  # an id taken with no xid (see the test above)
             t1 = psycopg.connect(_dsn(empty))
             (early,) = t1.execute("SELECT nextval('messages_id_seq')").fetchone() or (0,)
@@ -633,7 +713,7 @@ def test_reconciliation_adds_what_the_increments_could_not_see(empty: Engine) ->
         )
 
 
-def test_a_recount_lets_the_settled_batches_settle(monitoring: Collection, empty: Engine) -> None:
+def test_a_recount_lets_the_settled_batches_settle(empty: Engine) -> None:
     """Only the batches that may settle are checked and, when they changed, recounted, so
     they settle even while a younger one may not yet (merged with it, the watermark would
     wait for the youngest)."""
@@ -650,7 +730,8 @@ def test_a_recount_lets_the_settled_batches_settle(monitoring: Collection, empty
     assert coll.run()  # batch 2, a second younger
     time.sleep(1.2)  # batch 1 may settle now, batch 2 not yet
     with empty.begin() as conn:  # the settling batch changes: one of its rows is deleted
-        conn.execute(text("DELETE FROM messages WHERE id = (SELECT min(id) FROM messages)"))
+        oldest = conn.execute(text("SELECT min(id) FROM messages")).scalar_one()
+        conn.execute(text("DELETE FROM messages WHERE id = :k"), {"k": oldest})
     assert coll.run()
     assert coll.counter.watermark == first
     assert [b.rows for b in coll.counter.batches] == [2]  # batch 2, checked when it settles

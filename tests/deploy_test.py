@@ -36,6 +36,7 @@ def test_hadolint_finds_nothing() -> None:
     assert f"EXPOSE {PORT}" in dockerfile and "/healthz" in dockerfile
     assert re.search(r"^USER 10001", dockerfile, re.M)
     assert dockerfile.count("FROM ") >= 2  # multi-stage
+    assert "install --no-cache-dir '.[mysql]'" in dockerfile  # MySQL/MariaDB driver
     for line in dockerfile.splitlines():  # no secret baked in
         assert not re.match(r"^(ENV|ARG).*(PASSWORD|DATABASE_URL)", line), line
 

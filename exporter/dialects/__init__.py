@@ -6,10 +6,11 @@ from sqlalchemy.engine import URL
 
 from ..errors import ConfigError
 from .base import NO_FENCE, TIME_ONLY, Dialect, Fence, Probe
+from .mysql import MySQL
 from .postgresql import PostgreSQL
 from .sqlite import SQLite
 
-SUPPORTED: tuple[Dialect, ...] = (PostgreSQL(), SQLite())
+SUPPORTED: tuple[Dialect, ...] = (PostgreSQL(), MySQL(), SQLite())
 
 __all__ = ["NO_FENCE", "SUPPORTED", "TIME_ONLY", "Dialect", "Fence", "Probe", "dialect_for"]
 
@@ -23,7 +24,7 @@ def dialect_for(url: URL) -> Dialect:
     support, naming those it does."""
     backend, _, driver = url.drivername.partition("+")  # without loading SQLAlchemy's dialect
     for dialect in SUPPORTED:
-        if dialect.name != backend:
+        if backend not in (dialect.name, *dialect.aliases):
             continue
         if driver and driver not in dialect.drivers:
             raise ConfigError(

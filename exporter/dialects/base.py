@@ -31,12 +31,17 @@ class Dialect:
     """One database's answers. Subclasses override what differs."""
 
     name: ClassVar[str] = ""
-    """SQLAlchemy's backend name (``postgresql``, ``sqlite``)."""
+    """SQLAlchemy's backend name (``postgresql``, ``sqlite``, ``mysql``)."""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    """Other backend names it answers for (``mariadb``)."""
     url_example: ClassVar[str] = ""
     drivers: ClassVar[tuple[str, ...]] = ()
     """The drivers it is tested with; the first is the default for a plain URL."""
+    install: ClassVar[str] = ""
+    """What to install when the driver is missing (an optional dependency)."""
     org_arrays: ClassVar[bool] = False
-    """Whether a steady count may group by label values with the orgs as an array."""
+    """Whether a steady count may group by label values with the orgs as an array
+    (``org_array``, read back by ``org_lists``)."""
     replicas: ClassVar[bool] = False
     """Whether the database may be a read replica (``replication_lag`` asks it)."""
 
@@ -53,8 +58,9 @@ class Dialect:
             "pool_use_lifo": True,
         }
 
-    def prepare_engine(self, engine: Engine) -> None:
-        """Event listeners on a new engine."""
+    def prepare_engine(self, engine: Engine, timezone: str = "UTC") -> None:
+        """Event listeners on a new engine (``timezone``: ``database.timezone``, the zone of
+        naive timestamps, for a database whose sessions convert some to theirs)."""
 
     # --- reading ---------------------------------------------------------------------
 
@@ -99,6 +105,15 @@ class Dialect:
         """``expr`` as an integer whose ``sum()`` is an integer too."""
         return expr
 
+    def org_array(self, org_expr: str) -> str:
+        """The aggregate that gathers a group's orgs into one value (``org_arrays``)."""
+        return f"array_agg({org_expr})"
+
+    def org_lists(self, rows: list[Sequence[Any]], at: int) -> list[Sequence[Any]]:
+        """Rows whose column ``at`` holds ``org_array`` values, with those as lists (what
+        cannot be read is left as it came: the rows are then counted per series)."""
+        return rows
+
     def shard_hash(self, org_expr: str, total: int) -> str | None:
         """SQL for ``mapping.shard_of(org, total)``, or None where it cannot be computed."""
         return None
@@ -106,7 +121,8 @@ class Dialect:
     # --- settling --------------------------------------------------------------------
 
     def probe(self, conn: Connection) -> Probe:
-        """Which transactions are still open: in a statement before the count's snapshot."""
+        """Which transactions are still open: in a transaction of its own (with a
+        snapshot) before the count's."""
         return TIME_ONLY
 
     def replication_lag(self, conn: Connection) -> float | None:

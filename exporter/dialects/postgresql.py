@@ -106,7 +106,7 @@ class PostgreSQL(Dialect):
             connect["prepare_threshold"] = None
         return {**args, "connect_args": connect}
 
-    def prepare_engine(self, engine: Engine) -> None:
+    def prepare_engine(self, engine: Engine, timezone: str = "UTC") -> None:
         # first_connect runs SQLAlchemy's own set-up queries (server version) through it too
         event.listen(engine, "first_connect", _lenient_text, insert=True)
         event.listen(engine, "connect", _lenient_text, insert=True)

@@ -26,7 +26,7 @@ class SQLite(Dialect):
             "connect_args": {"check_same_thread": False, "timeout": connect_timeout},
         }
 
-    def prepare_engine(self, engine: Engine) -> None:
+    def prepare_engine(self, engine: Engine, timezone: str = "UTC") -> None:
         event.listen(engine, "connect", _read_only)
 
     @contextmanager

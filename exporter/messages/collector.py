@@ -43,7 +43,7 @@ from ..snapshot import MetricData
 from .counter import MessageCounter, Pair, SeriesKey, Shape, Summary
 from .ranges import Opened, read_ranges
 from .scan import Reconciliation, Scan
-from .sql import BOUNDS, CEILING, FLOOR, KeyRange
+from .sql import BOUNDS, CEILING, FLOOR, KeyRange, by_labels_layout
 
 log = logging.getLogger("convrs_exporter.messages")
 
@@ -81,6 +81,7 @@ class MessagesCollector:
         self.budget = spec.interval / 2
         """Seconds one collection (or one turn of a reconciliation) reads ranges at most."""
         self.by_labels = spec.sql.by_labels is not None
+        self._orgs_at = by_labels_layout(spec.labels).at("orgs")
         """Whether steady counts read ``by_labels`` rows (until they come back unreadable)."""
         self.rows_per_key = 1.0
         """Of the latest steady count: how densely keys are used (1 for a plain sequence,
@@ -104,7 +105,7 @@ class MessagesCollector:
             return MetricData(self.key, (), now)
         probe = None
         if c.may_settle(now):  # else no batch can settle by time: no need to ask
-            with self.reader.read_only(conn):
+            with self.reader.read_only(conn, snapshot=True):
                 probe = dialect.probe(conn)
         point = c.settle_point(now, probe, SETTLE_ROWS)
         with self.reader.read_only(conn, snapshot=True):
@@ -255,6 +256,7 @@ class MessagesCollector:
         if self.steady_shape(keys) == "by_labels":
             assert sql.by_labels is not None
             rows = self.reader.fetch(conn, sql.by_labels, keys.params())
+            rows = self.db.dialect.org_lists(rows, self._orgs_at)
             if self.counter.by_labels_whole(rows):
                 self.null_orgs[0] += self.counter.drop_null_orgs(rows)
                 return rows, "by_labels"

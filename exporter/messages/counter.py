@@ -17,6 +17,7 @@ object per series); the key tuples are shared with the snapshots, which only app
 
 from __future__ import annotations
 
+import datetime as dt
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -114,6 +115,8 @@ class MessageCounter:
     owns: Callable[[str], bool] = field(default=lambda org: True, repr=False)
     """Whether an org is this shard's (mapping.Shard.owns): checked for each org a steady
     ``by_labels`` count meets for the first time."""
+    timezone: dt.tzinfo = dt.UTC
+    """The zone of timestamps the database gives without one (``database.timezone``)."""
     watermark: int = FLOOR
     ready: bool = False
     """True once the whole table has been counted (the first count)."""
@@ -414,7 +417,7 @@ class MessageCounter:
     def _earliest(self, firsts: dict[Pair, float], pair: Pair, ts: Any) -> None:
         """Keep in ``firsts`` the oldest first-message time of a pair still pending."""
         if pair in self.pending:
-            first = to_unix(ts)
+            first = to_unix(ts, self.timezone)
             if first is not None and first < firsts.get(pair, inf):
                 firsts[pair] = first
 

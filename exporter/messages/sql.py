@@ -160,7 +160,7 @@ def messages_sql(
         "first_ts": f"min({src.timestamp})",
         "max_key": f"max({key})",
         "checksum": f"sum({residue})",
-        "orgs": f"array_agg({org})",
+        "orgs": dialect.org_array(org),
         "direction": src.labels.get("direction", "NULL"),
     }
     # in label order: the first count meets most series in its first range, and their

@@ -1,19 +1,29 @@
 # The two set-up commands of the README: `make run` and `make test`.
 VENV   ?= .venv
 PYTHON ?= python3
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUM    := $(shell cksum pyproject.toml | cut -d' ' -f1)
+RUNTIME := $(VENV)/.runtime-$(SUM)
+STAMP   := $(VENV)/.installed-$(SUM)
 
 .PHONY: run test lint services bench dashboard manifests clean
 
-$(STAMP): pyproject.toml
+# `make run` installs what the exporter needs to run (with the MySQL driver, pure Python);
+# `make test` adds the test toolchain (pytest, ruff, mypy, hadolint). Each is redone only
+# when pyproject.toml changes.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[mysql]'
+	rm -f $(VENV)/.runtime-*
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(VENV)/bin/python -m pip install -q -e '.[mysql,test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 ## Run the exporter (on the embedded demo database unless one is configured).
-run: $(STAMP)
+run: $(RUNTIME)
 	$(VENV)/bin/convrs-exporter $(ARGS)
 
 ## Lint, type-check and run the whole test suite (installs/starts what it needs).

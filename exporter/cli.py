@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -19,12 +20,14 @@ from typing import NoReturn, TypeVar
 from pydantic import ValidationError
 
 from . import __version__, demo, logsetup, memory
+from .cards import OrgCards, as_text
 from .config import Config, LogConfig, WebConfig, load_config, validation_error
 from .db import parse_url, redact_url_text, url_secrets
 from .demo import sqlite_demo
 from .errors import ConfigError
 from .http import parse_listen_address
-from .runtime import CHECKING, Runtime, open_database, prepare
+from .preview import cards_now, check_label_values
+from .runtime import CHECKED, CHECKING, Parts, Runtime, open_database, prepare
 from .webconfig import load_web_config
 
 log = logging.getLogger("convrs_exporter")
@@ -45,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="validate the configuration (and the mapping against the database, "
         "if it answers), then exit: 0 if good, 2 if not",
+    )
+    p.add_argument(
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="--config.check: print its findings (and the organizations' cards) as text or JSON",
     )
     p.add_argument(
         "--web.listen-address", dest="listen_address", help="address to listen on (default :9653)"
@@ -145,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         fail(f"web.listen_address: {exc}")
     url = config.database.url.get_secret_value() if config.database.url else None
-    secrets = [url] if url else []
+    secrets: list[str] = []
     if url:
-        with contextlib.suppress(ConfigError):
-            secrets += url_secrets(parse_url(url))
+        try:  # the parts that are secrets: a SQLite path is not one, and is logged
+            secrets = url_secrets(parse_url(url))
+        except ConfigError:  # a URL that does not parse cannot be redacted: never shown
+            secrets = [url]
     logsetup.setup(config.log.level, config.log.format, secrets)
     if ignored:
         log.warning(
@@ -201,10 +212,7 @@ def _run(
         return 0
     cleanup.callback(parts.db.close)
     if args.config_check:
-        print(
-            f"convrs-exporter: configuration OK ({args.config_file or 'defaults'}; {parts.checked})"
-        )
-        return 0
+        return _report_check(args, config, parts)
 
     runtime = Runtime(load, demo_url, writer, enable_lifecycle=args.enable_lifecycle)
     try:
@@ -270,6 +278,36 @@ def _serve_until_stopped(runtime: Runtime, stop: threading.Event, hup: threading
     stopper.start()
     stopper.join(4.0)
     return bool(done and done[0]) and (reloading is None or not reloading.is_alive())
+
+
+def _report_check(args: argparse.Namespace, config: Config, parts: Parts) -> int:
+    """--config.check: against a database that answered, the label values sampled and the
+    organizations' cards as the platform's page shows them."""
+    cards: list[OrgCards] = []
+    sampled = 0
+    if parts.checked == CHECKED:
+        try:
+            sampled = check_label_values(parts.db, parts.specs)
+        except ConfigError as exc:
+            exc.source = exc.source or args.config_file or "configuration"
+            fail(exc.line())
+        cards = cards_now(config, parts.db, parts.specs)
+    source = args.config_file or "defaults"
+    if args.output == "json":
+        report = {
+            "configuration": "ok",
+            "source": source,
+            "checked": parts.checked,
+            "label_value_sets_checked": sampled,
+            "organizations": [c.as_dict() for c in cards],
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"convrs-exporter: configuration OK ({source}; {parts.checked})")
+    if parts.checked == CHECKED:
+        print(f"label values: {sampled} sets checked against the contract\n")
+        print(as_text(cards), end="")
+    return 0
 
 
 def _seed(url: str, config: Config) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import contract
 from .config import CollectionConfig
 from .db import Database, classify, connection, read_only
 from .errors import QueryError
@@ -97,6 +98,11 @@ class Collection:
         self._ok: dict[str, bool] = {}
         self._failing: dict[str, str] = {}
         self._null_orgs_logged: set[str] = set()
+        self._labels_judged: dict[str, set[tuple[str, ...]]] = {}
+        """Per query, the sets of label values already held against the contract."""
+        self._unexpected: set[tuple[str, str, str]] = set()
+        self._keys_checked = 0
+        """Message series (the counter's keys) whose label values have been judged."""
         self._abandoned = False
         self._lock = threading.Lock()
 
@@ -129,6 +135,7 @@ class Collection:
                     began = time.perf_counter()
                     try:
                         self._last[key] = self.collectors[key].collect(conn, self.monotonic())
+                        self._check_labels(key)
                     except FAILURES as exc:
                         errors[key] = self._failure(key, exc)
                     if self._stopping and key in errors:
@@ -180,6 +187,43 @@ class Collection:
             return classify(self.db, key, exc)
         assert isinstance(exc, ValueError | TypeError)
         return unreadable(key, exc)
+
+    def _check_labels(self, key: str) -> None:
+        """Label values outside the contract's closed sets (``direction="in"``, a status of
+        ``enabled``): counted and logged once each. The cards and alerts would read 0 for
+        them; ``--config.check`` refuses a mapping that yields them."""
+        if key == self.messages.key:
+            keys = self.counter.keys
+            fresh, self._keys_checked = keys[self._keys_checked :], len(keys)
+            self._judge(key, contract.MESSAGES, self.specs.messages.labels, (k[1:] for k in fresh))
+            return
+        for gauge in self.gauges:
+            if gauge.key == key and gauge.spec.metric.allowed:
+                values = (s.labels[1:] for s in self._last[key].series)
+                self._judge(key, gauge.spec.metric, gauge.spec.labels, values)
+
+    def _judge(
+        self,
+        key: str,
+        metric: contract.Metric,
+        labels: tuple[str, ...],
+        rows: Iterable[tuple[str, ...]],
+    ) -> None:
+        judged = self._labels_judged.setdefault(key, set())
+        for values in rows:
+            if values in judged:
+                continue
+            judged.add(values)
+            wrong = contract.unexpected(metric, dict(zip(labels, values, strict=True)))
+            if wrong is None or (key, *wrong[:2]) in self._unexpected:
+                continue
+            label, value, allowed = wrong
+            self._unexpected.add((key, label, value))
+            self.health.unexpected_labels.labels(key, label).inc()
+            log.warning(
+                "a label value outside the contract: cards and alerts will not count it",
+                extra={"query": key, "label": label, "value": value, "allowed": allowed},
+            )
 
     def _skipped(self, key: str) -> None:
         """Rows of no organization (a NULL org), counted; logged the first time."""

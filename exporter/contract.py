@@ -75,6 +75,24 @@ ORG_INFO = Metric(
     {},
 )
 
+SENDERS: dict[str, tuple[str, ...]] = {"inbound": ("user",), "outbound": ("agent", "bot", "system")}
+"""Which senders each direction has: inbound messages come from users; outbound ones from
+agents, bots and the system."""
+
+
+def unexpected(metric: Metric, values: dict[str, str]) -> tuple[str, str, str] | None:
+    """The first label value outside the contract's closed sets, as (label, value, what is
+    allowed), or None. ``values``: label values by label (the labels a deployment keeps)."""
+    for label, value in values.items():
+        allowed = metric.allowed.get(label)
+        if allowed is not None and value not in allowed:
+            return label, value, ", ".join(allowed)
+    direction, sender = values.get("direction"), values.get("sender")
+    if direction in SENDERS and sender is not None and sender not in SENDERS[direction]:
+        return "sender", sender, f"{', '.join(SENDERS[direction])} for {direction}"
+    return None
+
+
 GAUGES: tuple[Metric, ...] = (BOTS, AGENTS, FLOWS, USERS)
 """The resource counts, in exposition order."""
 ORGANIZATION_METRICS: tuple[Metric, ...] = (ORG_INFO, *GAUGES, MESSAGES, COUNTING_SINCE)

@@ -147,6 +147,13 @@ class Health:
             ["phase"],
             registry=r,
         )
+        self.unexpected_labels = Counter(
+            "convrs_exporter_unexpected_label_values",
+            "Label values outside the contract's closed sets (direction, sender, status), by "
+            "query and label: each distinct value once, when first seen (and logged once).",
+            ["query", "label"],
+            registry=r,
+        )
         self.rows_skipped = Counter(
             "convrs_exporter_rows_skipped",
             "Rows a query returned that were not counted, by query and reason (null_org: "

@@ -16,11 +16,13 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
+from . import orgpage
 from .exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -29,6 +31,7 @@ from .exposition import (
     wants_openmetrics,
 )
 from .health import Health
+from .orgpage import OrgPage
 
 log = logging.getLogger("convrs_exporter.http")
 
@@ -50,6 +53,8 @@ class App:
     """POST /-/reload, when --web.enable-lifecycle is given."""
     progress: Callable[[], str | None] = lambda: None
     """Why not ready yet, when there is more to say (the first count's progress)."""
+    org_page: OrgPage = field(default_factory=OrgPage)
+    """The Organization Metrics page, from the snapshot /metrics serves."""
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -307,7 +312,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, head: bool) -> None:
         app = self.server.app
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if self._refused(app, path):
             return
         if path == app.telemetry_path:
@@ -323,6 +328,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(503, body, "text/plain; charset=utf-8", head)
         elif path == "/":
             self._send(200, _landing(app.telemetry_path), "text/html; charset=utf-8", head)
+        elif path == orgpage.PATH:
+            org = urllib.parse.parse_qs(query).get("org", [None])[0]
+            page = app.org_page.render(app.exposition.specs, app.exposition.served, org)
+            self._send(page.status, page.body, "text/html; charset=utf-8", head)
         else:
             self._send(404, b"Not found\n", "text/plain; charset=utf-8", head)
 
@@ -385,6 +394,8 @@ def _landing(telemetry_path: str) -> bytes:
         "<!doctype html><html><head><title>convrs-exporter</title></head><body>"
         "<h1>convrs-exporter</h1><p>Convrs organization metrics for Prometheus.</p><ul>"
         f'<li><a href="{path}">{path}</a></li>'
+        f'<li><a href="{orgpage.PATH}">Organization Metrics</a> (the platform page\'s cards)'
+        "</li>"
         '<li><a href="/healthz">/healthz</a></li><li><a href="/readyz">/readyz</a></li>'
         "</ul></body></html>\n"
     ).encode()

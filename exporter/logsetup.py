@@ -65,6 +65,8 @@ def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
+    # APScheduler asks tzlocal for the local zone; its debug lines say nothing of ours
+    logging.getLogger("tzlocal").setLevel(max(_LEVELS[level], logging.INFO))
 
 
 def add_secret(secret: str | None) -> None:

@@ -109,7 +109,11 @@ def check_mapping(db: Database, specs: Specs) -> str:
     finally:
         watchdog.cancel()
         CHECKING.active = None
-    return "mapping checked against the database"
+    return CHECKED
+
+
+CHECKED = "mapping checked against the database"
+"""What ``check_mapping`` returns when the database answered every statement."""
 
 
 def open_database(url: str, config: Config) -> Database:

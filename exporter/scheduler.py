@@ -1,7 +1,9 @@
 """The scheduler owns time: every metric runs once at start, then every its interval.
 
-One worker thread for collections, so runs never overlap; a run that comes due
-while another is still going waits, and several missed runs are coalesced into one.
+One worker thread for collections, so runs never overlap: a run of a job that comes
+due while that job still runs is skipped, with APScheduler's warning ("maximum number
+of running instances reached"), not queued; a job of another interval waits for the
+worker.
 Metrics with the same interval share a job, so they are read in one connection.
 Each job collects, renders what scrapes will be served, and applies the memory policy:
 the side effects of a collection are here, at the edge, not in the code it runs.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the tests need besides Python packages: Prometheus + promtool, PostgreSQL and MariaDB
-# up.
+# up, Chromium, and Grafana's formatter from npm.
 # Installs or starts them when missing (as root, or through sudo where it is set up).
 set -euo pipefail
 
@@ -41,6 +41,13 @@ if ! mariadb_up; then
     as_root service mariadb start >/dev/null
     for _ in $(seq 1 30); do mariadb_up && break; sleep 1; done
     mariadb_up || { echo "ensure-services: MariaDB did not come up on 127.0.0.1:3306" >&2; exit 1; }
+fi
+
+# A real browser for the Organization Metrics page's test (Debian's chromium package).
+if ! command -v chromium >/dev/null; then
+    echo "ensure-services: installing chromium"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
 fi
 
 # Grafana's own value formatter, for the dashboard's display tests (the version the compose

@@ -100,7 +100,7 @@ def test_health_metrics(exporter: Exporter) -> None:
     assert sample(body, "convrs_exporter_query_errors_total", query="messages") == 0
     assert sample(body, "convrs_exporter_collection_duration_seconds_count")
     assert sample(body, "convrs_exporter_last_success_timestamp_seconds")
-    assert sample(body, "convrs_exporter_build_info", version="0.1.0") == 1
+    assert sample(body, "convrs_exporter_build_info", version="0.2.0") == 1
     assert sample(body, "process_resident_memory_bytes")
 
 

@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -94,6 +95,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class SignalFlag:
+    """Set by a signal handler, waited for by polling. Not a threading.Event: its set()
+    takes a lock, and a second signal that arrives while the handler of the first holds
+    it runs the handler again in the same thread, which then waits for itself forever
+    (seen: a make that passed SIGTERM on to the exporter it ran, as the exporter's own
+    SIGTERM was being handled). A handler here only stores a bool."""
+
+    POLL = 0.02
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not self._set:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(self.POLL, left))
+        return self._set
+
+
 def fail(message: str) -> NoReturn:
     """The one line for a configuration that cannot run; known secrets scrubbed."""
     print(f"convrs-exporter: error: {logsetup.scrub(message)}", file=sys.stderr)
@@ -135,7 +167,7 @@ def with_flags(config: Config, args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     memory.limit_arenas()
-    stop, hup = threading.Event(), threading.Event()
+    stop, hup = SignalFlag(), SignalFlag()
     for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop is always clean
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
@@ -181,8 +213,8 @@ def _run(
     url: str | None,
     listen: tuple[str, int],
     load: Callable[[], Config],
-    stop: threading.Event,
-    hup: threading.Event,
+    stop: SignalFlag,
+    hup: SignalFlag,
     cleanup: contextlib.ExitStack,
 ) -> int:
     demo_url, writer = None, None
@@ -236,7 +268,7 @@ def _run(
     return 0
 
 
-def _until_stopped(work: Callable[[], T], stop: threading.Event) -> T | None:
+def _until_stopped(work: Callable[[], T], stop: SignalFlag) -> T | None:
     """``work`` in a thread of its own, so that SIGTERM ends the wait at once (the
     start-up check may wait for a lock or a network that does not answer); None if
     stopped first. Its statement is cancelled (``runtime.CHECKING``)."""
@@ -261,7 +293,7 @@ def _until_stopped(work: Callable[[], T], stop: threading.Event) -> T | None:
     return result[0]
 
 
-def _serve_until_stopped(runtime: Runtime, stop: threading.Event, hup: threading.Event) -> bool:
+def _serve_until_stopped(runtime: Runtime, stop: SignalFlag, hup: SignalFlag) -> bool:
     """SIGHUP reloads (in a thread of its own: a reload waiting for a stalled database
     does not hold up a stop); SIGTERM and SIGINT stop: the running query is cancelled,
     connections closed, serving stopped. False when something was still running after the

@@ -66,7 +66,8 @@ def organization_cards(specs: Specs, snapshot: Snapshot) -> list[OrgCards]:
     """Every organization of the snapshot, by name (then id)."""
     names: dict[str, str] = {}
     gauges: dict[str, dict[str, float]] = defaultdict(dict)
-    served: set[str] = set()
+    # served: the metrics with fresh values (an org with no rows has none: 0, not "-")
+    served = {g.metric.name for g in specs.gauges if g.key in snapshot.metrics}
     messages: dict[tuple[str, str], int] = defaultdict(int)
     since: dict[tuple[str, str], float] = {}
     for family in families(specs, snapshot):
@@ -79,14 +80,11 @@ def organization_cards(specs: Specs, snapshot: Snapshot) -> list[OrgCards]:
             for i in counts.counted:
                 key = counts.keys[i]
                 messages[key[0], key[1]] += counts.totals[i]
-            served.add("messages")
         else:
             for s in family.series:
                 part = s.labels[1] if family.name == contract.AGENTS.name else ""
                 slot = gauges[s.labels[0]]
                 slot[family.name + part] = slot.get(family.name + part, 0.0) + s.value
-            if family.series:
-                served.add(family.name)
     orgs = set(names) | set(gauges) | {org for org, _ in messages}
 
     def gauge(org: str, name: str) -> int | None:
@@ -97,7 +95,7 @@ def organization_cards(specs: Specs, snapshot: Snapshot) -> list[OrgCards]:
     out = []
     for org in orgs:
         agents = contract.AGENTS.name
-        have_messages = "messages" in served
+        have_messages = snapshot.messages is not None
         out.append(
             OrgCards(
                 org=org,
@@ -136,6 +134,12 @@ def day(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("since %Y-%m-%d")
 
 
+def _printable(text: str) -> str:
+    """A name from the database, safe for a terminal: control characters (an escape
+    sequence in an org name) shown as their code."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
 def as_text(cards: list[OrgCards]) -> str:
     """The cards as the page lays them out: two rows per organization, then the ratios."""
     lines = []
@@ -143,7 +147,7 @@ def as_text(cards: list[OrgCards]) -> str:
         agents = f"{number(c.agents)} ({number(c.agents_active)} active, "
         agents += f"{number(c.agents_disabled)} disabled)"
         lines += [
-            f"{c.name} (org {c.org})",
+            f"{_printable(c.name)} (org {_printable(c.org)})",
             f"  Bots {number(c.bots)} | Agents {agents} | Flows {number(c.flows)} | "
             f"Users {number(c.users)}",
             f"  Inbound Messages {number(c.inbound)} {day(c.inbound_since)} | "

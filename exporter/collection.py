@@ -88,7 +88,7 @@ class Collection:
             lambda: self.clock(),
             lambda: self.monotonic(),
         )
-        self.messages.watch = self._watch
+        self.messages.watch, self.messages.unwatch = self._watch, self._unwatch
         every: tuple[Collector, ...] = (self.organizations, *self.gauges, self.messages)
         self.collectors = {c.key: c for c in every}
         self._stopping = False
@@ -100,7 +100,6 @@ class Collection:
         self._null_orgs_logged: set[str] = set()
         self._labels_judged: dict[str, set[tuple[str, ...]]] = {}
         """Per query, the sets of label values already held against the contract."""
-        self._unexpected: set[tuple[str, str, str]] = set()
         self._keys_checked = 0
         """Message series (the counter's keys) whose label values have been judged."""
         self._abandoned = False
@@ -168,6 +167,9 @@ class Collection:
     def _watch(self, driver_conn: Any) -> None:
         self._active = [*self._active, driver_conn]  # a new list: other threads read it
 
+    def _unwatch(self, driver_conn: Any) -> None:
+        self._active = [c for c in self._active if c is not driver_conn]
+
     def _abandon(self) -> None:
         active = self._active
         if not active:
@@ -215,10 +217,11 @@ class Collection:
                 continue
             judged.add(values)
             wrong = contract.unexpected(metric, dict(zip(labels, values, strict=True)))
-            if wrong is None or (key, *wrong[:2]) in self._unexpected:
+            seen = self.health.unexpected_seen  # kept across reloads, as the counter is
+            if wrong is None or (key, *wrong[:2]) in seen:
                 continue
             label, value, allowed = wrong
-            self._unexpected.add((key, label, value))
+            seen.add((key, label, value))
             self.health.unexpected_labels.labels(key, label).inc()
             log.warning(
                 "a label value outside the contract: cards and alerts will not count it",
@@ -282,6 +285,9 @@ class Collection:
                 with connection(self.db, self._watch) as conn:
                     added = self.messages.reconcile(conn, budget=not to_the_end)
             except FAILURES as exc:
+                if self._stopping:  # its statement was cancelled (PostgreSQL: as a timeout)
+                    log.info("reconciliation cancelled: the exporter is stopping")
+                    return 0
                 err = self._failure(key, exc)
                 log.warning("reconciliation failed; will try again", extra={"err": err.message})
                 return 0

@@ -147,6 +147,8 @@ class Health:
             ["phase"],
             registry=r,
         )
+        self.unexpected_seen: set[tuple[str, str, str]] = set()
+        """(query, label, value) already counted in ``unexpected_labels`` and logged."""
         self.unexpected_labels = Counter(
             "convrs_exporter_unexpected_label_values",
             "Label values outside the contract's closed sets (direction, sender, status), by "

@@ -329,7 +329,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/":
             self._send(200, _landing(app.telemetry_path), "text/html; charset=utf-8", head)
         elif path == orgpage.PATH:
-            org = urllib.parse.parse_qs(query).get("org", [None])[0]
+            org = urllib.parse.parse_qs(query, keep_blank_values=True).get("org", [None])[0]
             page = app.org_page.render(app.exposition.specs, app.exposition.served, org)
             self._send(page.status, page.body, "text/html; charset=utf-8", head)
         else:

@@ -82,8 +82,9 @@ class OrgPage:
     def render(self, specs: Specs, snapshot: Snapshot, org: str | None) -> Page:
         cards, options = self._of(specs, snapshot)
         if not cards:
-            return Page(503, _document("", "<p>No collection has succeeded yet.</p>", snapshot))
-        chosen = next((c for c in cards if c.org == org), None) if org else cards[0]
+            why = "No organizations yet." if snapshot.taken_at else "No collection yet."
+            return Page(503, _document("", f"<p>{why}</p>", snapshot))
+        chosen = next((c for c in cards if c.org == org), None) if org is not None else cards[0]
         if chosen is None:
             body = f"<p>No organization with id {escape(org or '')}.</p>"
             return Page(404, _document(options, body, snapshot))

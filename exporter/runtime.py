@@ -145,17 +145,22 @@ def prepare(config: Config, demo_url: str | None, reuse: Parts | None = None) ->
     url = config.database.url.get_secret_value() if config.database.url else demo_url
     if url is None:
         raise ConfigError("no database URL", key="database.url")
-    if reuse is not None and reuse.config.database == config.database:
-        db = reuse.db
-    else:
-        db = open_database(url, config)
+    reused = reuse is not None and reuse.config.database == config.database
+    db = reuse.db if reuse is not None and reused else open_database(url, config)
     specs = build_specs(config, db.dialect)
+    # a reload checks on a connection of its own: the running engine's pool may be busy
+    # for a while (a first count reads two ranges at once on both its connections), and a
+    # check that could not get one would let an unchecked mapping through
+    check_db = open_database(url, config) if reused else db
     try:
-        checked = check_mapping(db, specs)
+        checked = check_mapping(check_db, specs)
     except ConfigError:
-        if reuse is None or db is not reuse.db:
+        if not reused:
             db.close()
         raise
+    finally:
+        if check_db is not db:
+            check_db.close()
     return Parts(config, db, specs, web, checked)
 
 

@@ -335,3 +335,21 @@ def test_a_sqlite_path_is_logged_and_debug_has_no_tzlocal_noise(tmp_path: Path) 
     log = exp.log()
     assert f"database=sqlite+pysqlite:///{path}" in log
     assert "logger=tzlocal" not in log and "level=debug" in log
+
+
+def test_cards_read_0_for_no_rows_and_names_are_safe_for_a_terminal(seeded: Engine) -> None:
+    """A metric served with no rows at all (no bots anywhere) is 0 on the cards, not the
+    dash that means "not served"; a name with an escape sequence prints as its codes."""
+    from exporter.cards import as_text, organization_cards
+
+    with seeded.begin() as conn:
+        conn.execute(text("DELETE FROM bots"))
+        conn.execute(text("UPDATE organizations SET name = :n WHERE id = 1"), {"n": "Red\x1b[31m"})
+    coll, _ = in_process(_url(seeded))
+    assert coll.run()
+    cards = organization_cards(coll.specs, coll.snapshot())
+    assert cards and all(c.bots == 0 for c in cards)
+    text_out = as_text(cards)
+    assert "\x1b" not in text_out and "Red\\x1b[31m (org 1)" in text_out
+    assert "Bots 0 |" in text_out
+    coll.db.close()

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy import Engine, text
 
@@ -175,3 +176,36 @@ def test_a_burst_of_signals_never_holds_up_the_stop(tmp: Path) -> None:
     began = time.monotonic()
     assert exp.proc.wait(15) == 0, exp.log()
     assert time.monotonic() - began < 10
+
+
+def test_a_reload_checks_its_mapping_while_the_pool_is_busy(seeded: Engine) -> None:
+    """A first count reads two ranges at once, on both of the pool's connections, for up to
+    half an interval: a reload's check meanwhile takes a connection of its own, so a bad
+    mapping is still refused (it was let through as "database not reachable")."""
+    from exporter.config import Config, reference_mapping
+    from exporter.errors import ConfigError
+    from exporter.runtime import CHECKED, prepare
+
+    url = seeded.url.render_as_string(hide_password=False)
+
+    def config(flows: dict[str, Any]) -> Config:
+        return Config.model_validate(
+            {
+                "database": {"url": url, "connect_timeout": "1s"},
+                "mapping": {**reference_mapping(), "flows": flows},
+            }
+        )
+
+    good = config(reference_mapping()["flows"])
+    running = prepare(good, None)
+    held = [running.db.engine.connect() for _ in range(2)]  # the pool's two, busy
+    try:
+        again = prepare(good, None, reuse=running)
+        assert again.db is running.db and again.checked == CHECKED
+        bad = config({"table": "flows", "org": "flows.no_such_column"})
+        with pytest.raises(ConfigError, match="no_such_column"):
+            prepare(bad, None, reuse=running)
+    finally:
+        for conn in held:
+            conn.close()
+        running.db.close()

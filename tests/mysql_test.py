@@ -429,3 +429,76 @@ def test_exporter_runs_as_the_readme_read_only_user(seeded_maria: Engine, tmp_pa
         with admin.cursor() as cur:
             cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
         admin.close()
+
+
+# --- settling: the probe's time zone and writers from other schemas ------------------------
+
+
+@pytest.mark.parametrize("timezone", ["-05:00", "+05:30"])
+@pytest.mark.parametrize("writer_schema", ["this", "another"])
+def test_an_open_writer_holds_the_watermark_whatever_its_schema_and_zone(
+    maria: Engine, timezone: str, writer_schema: str
+) -> None:
+    """InnoDB reports when a transaction began in the server's own zone, not the session's:
+    west of it, read in the session's zone, a transaction that began before the fence
+    looked younger and the batch settled past its id. A writer whose default database is
+    another one, writing this one's table by its qualified name, holds it back too."""
+    metadata.create_all(maria)
+    with maria.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A')"))
+    with MARIADB.reader(maria, sees_others=True) as url:
+        coll, _ = in_process(
+            url, {"collection": {"settle_after": "1ms"}, "database": {"timezone": timezone}}
+        )
+        with MARIADB.database() as elsewhere:
+            schema = maria.url.database if writer_schema == "this" else elsewhere.rsplit("/")[-1]
+            late = pymysql.connect(**MARIADB_ADMIN, database=schema, autocommit=False)
+            with late.cursor() as cur:
+                qualified = f"INTO `{maria.url.database}`.messages"
+                cur.execute(INSERT.replace("INTO messages", qualified))
+                (low,) = cur.fetchone()
+            with maria.begin() as conn:
+                conn.execute(text(INSERT))
+            run_n(coll)
+            assert coll.counter.watermark < low  # held back while the writer is open
+            late.commit()
+            late.close()
+        run_n(coll)
+        assert served(coll)["convrs_messages_total"] == {KEY: 2.0}
+        assert coll.counter.watermark == coll.counter.counted_to
+        coll.db.close()
+
+
+def test_org_arrays_cut_short_are_counted_per_series_that_once(
+    maria: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MariaDB cuts a JSON_ARRAYAGG past max_allowed_packet (a long catch-up): that count
+    reads one row per series and stays exact; the next ones use arrays again. DECIMAL org
+    ids keep their digits."""
+    from decimal import Decimal
+
+    dialect = MySQL()
+    assert dialect.org_lists([("inbound", "[1, 2, 3", 3, 6)], 1) is None
+    assert dialect.org_lists([("inbound", "[5.00, 7]", 2, 1)], 1) == [
+        ("inbound", [Decimal("5.00"), 7], 2, 1)
+    ]
+    metadata.create_all(maria)
+    with maria.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name) VALUES (1, 'A')"))
+        conn.execute(text(INSERT))
+    coll, _ = in_process(_url(maria), {"collection": {"settle_after": "1ms"}})
+    run_n(coll, 1)
+    real = MySQL.org_lists
+    monkeypatch.setattr(MySQL, "org_lists", lambda self, rows, at: None)
+    with maria.begin() as conn:
+        for _ in range(3):
+            conn.execute(text(INSERT))
+    run_n(coll, 1)
+    assert served(coll)["convrs_messages_total"] == {KEY: 4.0}
+    assert coll.messages.by_labels  # this once only
+    monkeypatch.setattr(MySQL, "org_lists", real)
+    with maria.begin() as conn:
+        conn.execute(text(INSERT))
+    run_n(coll, 2)
+    assert served(coll)["convrs_messages_total"] == {KEY: 5.0}
+    coll.db.close()

@@ -250,3 +250,39 @@ def _busy(engine: Engine) -> int:
                 )
             ).scalar_one()
         )
+
+
+def test_a_range_cut_by_the_timeout_is_read_again_smaller_than_it_was() -> None:
+    """Two ranges are planned at once: the second with the step before the first was
+    counted, which then grew the step. When the second is cut, the next try is smaller
+    than the range that was cut, not half the grown step (which was no smaller)."""
+    from contextlib import ExitStack
+
+    from exporter.dialects import NO_FENCE
+    from exporter.errors import QueryTimeout
+    from exporter.messages.ranges import Opened, read_ranges
+    from exporter.messages.scan import Scan
+    from exporter.messages.sql import KeyRange
+
+    s = Scan("first count", 0, 1_000_000, 0.0)
+    s.step = 100_000
+    tried: list[KeyRange] = []
+    cut: list[KeyRange] = []
+
+    def open_range(conn: object, keys: KeyRange, streams: int) -> Opened:
+        tried.append(keys)
+        if keys.after == 100_000 and not cut:
+            cut.append(keys)
+            raise QueryTimeout("messages", "statement timeout (1s) exceeded")
+        took = 0.01  # fast: the step grows fourfold after each range
+        return Opened(keys, iter(()), took, NO_FENCE, ExitStack())
+
+    def fold(opened: Opened) -> int:
+        return opened.keys.upto - opened.keys.after
+
+    conns = [object(), object()]
+    read_ranges(s, conns, open_range, fold, 60.0, 1.0, lambda: False, lambda: 0.0)  # type: ignore[arg-type]
+    assert s.finished
+    (failed,) = cut
+    again = next(k for k in tried if k.after == failed.after and k is not failed)
+    assert again.upto - again.after < failed.upto - failed.after

@@ -109,9 +109,10 @@ class Dialect:
         """The aggregate that gathers a group's orgs into one value (``org_arrays``)."""
         return f"array_agg({org_expr})"
 
-    def org_lists(self, rows: list[Sequence[Any]], at: int) -> list[Sequence[Any]]:
-        """Rows whose column ``at`` holds ``org_array`` values, with those as lists (what
-        cannot be read is left as it came: the rows are then counted per series)."""
+    def org_lists(self, rows: list[Sequence[Any]], at: int) -> list[Sequence[Any]] | None:
+        """Rows whose column ``at`` holds ``org_array`` values, with those as lists; None
+        when some could not be read this time (cut short): this count is then read per
+        series."""
         return rows
 
     def shard_hash(self, org_expr: str, total: int) -> str | None:

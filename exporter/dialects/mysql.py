@@ -19,6 +19,7 @@ import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, event, text
@@ -96,15 +97,22 @@ PROBE_SQL = (
     "SELECT /* convrs-exporter probe */ COALESCE(MAX("
     "t.trx_mysql_thread_id = CONNECTION_ID() AND LOCATE(:nonce, t.trx_query) > 0), 0), "
     "MIN(CASE WHEN t.trx_mysql_thread_id <> CONNECTION_ID() AND t.trx_is_read_only = 0 "
-    "AND (p.db IS NULL OR p.db = DATABASE()) THEN UNIX_TIMESTAMP(t.trx_started) END) "
+    "AND (t.trx_rows_modified > 0 OR t.trx_lock_structs > 0 "
+    "OR p.db IS NULL OR p.db = DATABASE()) "
+    "THEN UNIX_TIMESTAMP(CONVERT_TZ(t.trx_started, 'SYSTEM', @@session.time_zone)) END) "
     "FROM information_schema.innodb_trx t "
     "LEFT JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
 )
-"""Whether the list holds this statement, and the oldest open transaction that may
-write, of sessions using this database (or none): others' read-only ones (other
-exporters) and other databases' sessions do not hold the watermark back."""
+"""Whether the list holds this statement, and when the oldest open transaction began
+that may hold a key: any that has written or locked rows (in any schema: a session
+whose default database is another may write this one's tables by qualified names), and
+any other of a session using this database (or none), which may yet write. Others'
+read-only transactions (other exporters) and idle readers of other databases do not
+hold the watermark back. ``trx_started`` is in the server's own time zone (``SYSTEM``),
+not the session's: converted before it is made Unix seconds."""
 
-FENCE_SQL = "SELECT UNIX_TIMESTAMP(NOW(6)) AS fence_at"
+FENCE_SQL = "SELECT @@timestamp AS fence_at"
+"""The statement's start in Unix seconds (microseconds), with no time zone in between."""
 
 
 class MySQL(Dialect):
@@ -131,7 +139,8 @@ class MySQL(Dialect):
             with dbapi_conn.cursor() as cur:
                 cur.execute("SET SESSION time_zone = %s", (zone,))
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                # MariaDB's JSON_ARRAYAGG is cut at this length (1 MB by default)
+                # MariaDB cuts JSON_ARRAYAGG at this length (1 MB by default), and at
+                # max_allowed_packet whatever this says (see org_lists)
                 cur.execute("SET SESSION group_concat_max_len = 4294967295")
             dbapi_conn.commit()
 
@@ -199,14 +208,19 @@ class MySQL(Dialect):
         with their orgs in one took 6.8 ms on MariaDB 10.11, grouped per series 37.5 ms."""
         return f"JSON_ARRAYAGG({org_expr})"
 
-    def org_lists(self, rows: list[Sequence[Any]], at: int) -> list[Sequence[Any]]:
+    def org_lists(self, rows: list[Sequence[Any]], at: int) -> list[Sequence[Any]] | None:
+        """The JSON arrays as lists (DECIMAL org ids as Decimal, as the driver reads them
+        elsewhere). MariaDB cuts an array longer than ``max_allowed_packet`` (16 MB by
+        default, whatever ``group_concat_max_len`` says): then None."""
         out: list[Sequence[Any]] = []
         for row in rows:
-            try:
-                orgs = json.loads(row[at]) if isinstance(row[at], str | bytes) else row[at]
-            except ValueError:  # cut short (group_concat_max_len): left as text
-                orgs = row[at]
-            out.append((*row[:at], orgs, *row[at + 1 :]))
+            value = row[at]
+            if isinstance(value, str | bytes):
+                try:
+                    value = json.loads(value, parse_float=Decimal)
+                except ValueError:
+                    return None
+            out.append((*row[:at], value, *row[at + 1 :]))
         return out
 
     def shard_hash(self, org_expr: str, total: int) -> str:

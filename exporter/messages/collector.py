@@ -81,8 +81,8 @@ class MessagesCollector:
         self.budget = spec.interval / 2
         """Seconds one collection (or one turn of a reconciliation) reads ranges at most."""
         self.by_labels = spec.sql.by_labels is not None
-        self._orgs_at = by_labels_layout(spec.labels).at("orgs")
         """Whether steady counts read ``by_labels`` rows (until they come back unreadable)."""
+        self._orgs_at = by_labels_layout(spec.labels).at("orgs")
         self.rows_per_key = 1.0
         """Of the latest steady count: how densely keys are used (1 for a plain sequence,
         far less for keys with gaps, such as time-based ids)."""
@@ -94,6 +94,8 @@ class MessagesCollector:
         self.stopping = False
         self.watch: Callable[[Any], None] = lambda _: None
         """Told each further connection's driver connection (Collection: to cancel it)."""
+        self.unwatch: Callable[[Any], None] = lambda _: None
+        """Told when that connection has gone back to the pool."""
 
     def _rows(self, conn: Connection, sql: str, keys: KeyRange) -> Iterable[Sequence[Any]]:
         return self.shard.mine(self.reader.stream(conn, sql, keys.params()), self.null_orgs)
@@ -212,18 +214,27 @@ class MessagesCollector:
     def _connections(self, conn: Connection) -> Iterator[list[Connection]]:
         """``conn``, and a second connection from the pool where the dialect reads ranges
         at once and the pool has one to spare (else ranges are read one at a time)."""
-        conns = [conn]
-        with ExitStack() as stack:
-            pool_size = getattr(self.db.engine.pool, "size", lambda: 1)()
-            if self.db.dialect.concurrent_ranges and pool_size > 1:
-                try:
-                    conns.append(stack.enter_context(connection(self.db, self.watch)))
-                except SQLAlchemyError as exc:
-                    log.debug(
-                        "reading ranges one at a time: no second connection",
-                        extra={"err": self.reader.fail(exc).message},
-                    )
-            yield conns
+        conns, watched = [conn], []
+
+        def watch(driver_conn: Any) -> None:
+            watched.append(driver_conn)
+            self.watch(driver_conn)
+
+        try:
+            with ExitStack() as stack:
+                pool_size = getattr(self.db.engine.pool, "size", lambda: 1)()
+                if self.db.dialect.concurrent_ranges and pool_size > 1:
+                    try:
+                        conns.append(stack.enter_context(connection(self.db, watch)))
+                    except SQLAlchemyError as exc:
+                        log.debug(
+                            "reading ranges one at a time: no second connection",
+                            extra={"err": self.reader.fail(exc).message},
+                        )
+                yield conns
+        finally:  # back in the pool: a stop must not cancel what it runs next
+            for driver_conn in watched:
+                self.unwatch(driver_conn)
 
     def _count_new(
         self, conn: Connection, summary: Summary | None, now: float, fence: Fence
@@ -255,8 +266,13 @@ class MessagesCollector:
         sql = self.spec.sql
         if self.steady_shape(keys) == "by_labels":
             assert sql.by_labels is not None
-            rows = self.reader.fetch(conn, sql.by_labels, keys.params())
-            rows = self.db.dialect.org_lists(rows, self._orgs_at)
+            fetched = self.reader.fetch(conn, sql.by_labels, keys.params())
+            lists = self.db.dialect.org_lists(fetched, self._orgs_at)
+            if lists is None:  # cut short this time (a long catch-up): per series, this once
+                log.info("org arrays came back cut short; counting these rows per series")
+                rows = self.reader.fetch(conn, sql.per_series, keys.params())
+                return list(self.shard.mine(rows, self.null_orgs)), "per_series"
+            rows = lists
             if self.counter.by_labels_whole(rows):
                 self.null_orgs[0] += self.counter.drop_null_orgs(rows)
                 return rows, "by_labels"

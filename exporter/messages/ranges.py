@@ -65,7 +65,7 @@ def read_ranges(
     deadline, first, last = time.monotonic() + budget, True, time.monotonic()
     planned = scan.done_to
     free = list(conns)
-    under_way: deque[tuple[Connection, Future[Opened]]] = deque()
+    under_way: deque[tuple[KeyRange, Connection, Future[Opened]]] = deque()
     streams = len(conns)
     pool = ThreadPoolExecutor(streams, "convrs-range") if streams > 1 else None
     try:
@@ -77,16 +77,19 @@ def read_ranges(
                 keys = KeyRange(planned, min(scan.end, planned + max(1, scan.step)))
                 planned = keys.upto
                 conn = free.pop()
-                under_way.append((conn, _start(pool, open_range, conn, keys, streams)))
+                under_way.append((keys, conn, _start(pool, open_range, conn, keys, streams)))
             if not under_way:
                 return
-            conn, future = under_way.popleft()
+            keys, conn, future = under_way.popleft()
             try:
                 opened = future.result()
                 rows = fold(opened)
             except QueryTimeout:
                 _drop(under_way)
                 free, planned = list(conns), scan.done_to
+                # the next is smaller than the range that was cut (the step may have grown
+                # since it was planned, with the range before it)
+                scan.step = min(scan.step, keys.upto - keys.after)
                 if stopping() or not scan.failed():
                     raise
                 log.info(
@@ -118,10 +121,10 @@ def _start(
     return future
 
 
-def _drop(under_way: deque[tuple[Connection, Future[Opened]]]) -> None:
+def _drop(under_way: deque[tuple[KeyRange, Connection, Future[Opened]]]) -> None:
     """Ranges under way that will not be folded: their statements end (or fail), their
     transactions end; what they read is not applied."""
     while under_way:
-        _, future = under_way.popleft()
+        _, _, future = under_way.popleft()
         with suppress(Exception):
             future.result().transaction.close()

@@ -1,8 +1,9 @@
 """MySQL and MariaDB as first-class databases, on the real MariaDB 10.11 that ``make test``
 starts: plain URLs, the demo seed and the reference mapping unchanged, the statement
 timeout, a stop that kills the running query, a reader without PROCESS, naive timestamps
-in another time zone, and shards. (The counting tests that run on both servers are in
-counting_test.py.)"""
+in another time zone, the shard hash, the state file, the README's user. (The counting
+tests that run on both servers, from the same code, are in counting_test.py and
+shard_test.py.)"""
 
 from __future__ import annotations
 
@@ -316,27 +317,6 @@ def test_the_sql_hash_equals_the_python_hash(maria: Engine) -> None:
         for v in ["1", "42", "9999999", "org-a", "Zürich"]:
             sql = f"SELECT {cond} FROM (SELECT CAST(:v AS CHAR) AS v) q"
             assert bool(conn.execute(text(sql), {"v": v}).scalar_one()) == (shard_of(v, 7) == 1)
-
-
-def test_three_shards_serve_exactly_the_unsharded_series(seeded_maria: Engine) -> None:
-    whole, _ = in_process(_url(seeded_maria))
-    assert whole.run()
-    want = served(whole)
-    parts = []
-    for index in range(3):
-        coll, _ = in_process(_url(seeded_maria), {"shard": {"index": index, "total": 3}})
-        assert coll.specs.shard.in_sql and "HAVING MOD(" in coll.specs.messages.sql.full
-        assert coll.run()
-        parts.append(served(coll))
-        coll.db.close()
-    for metric, series in want.items():
-        union: dict[tuple[str, ...], float] = {}
-        for part in parts:
-            assert not set(part[metric]) & set(union), metric
-            union.update(part[metric])
-        assert union == series, metric
-    assert sum(1 for p in parts if p["convrs_org_info"]) >= 2
-    whole.db.close()
 
 
 # --- a restart from the state file ----------------------------------------------------------

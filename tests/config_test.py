@@ -259,3 +259,17 @@ def test_a_metric_may_have_its_own_statement_timeout_below_its_interval(tmp: Pat
     assert config.statement_timeout("users") == 120 and config.statement_timeout("bots") == 10
     with pytest.raises(ConfigError, match=r"mapping.users.statement_timeout \(300s\) must be"):
         load_config(write(tmp, own + "    statement_timeout: 5m\n"), {})
+
+
+def test_the_example_configuration_lists_every_setting_with_its_default() -> None:
+    import yaml
+
+    from exporter.config import CollectionConfig, DatabaseConfig
+
+    path = Path(__file__).parent.parent / "config" / "convrs-exporter.example.yml"
+    example = yaml.safe_load(path.read_text())
+    for section, model in (("database", DatabaseConfig), ("collection", CollectionConfig)):
+        assert set(example[section]) == set(model.model_fields), section
+    defaults = load_config(None, {})
+    assert load_config(path, {}).database == defaults.database
+    assert load_config(path, {}).collection == defaults.collection

@@ -87,34 +87,32 @@ def organization_cards(specs: Specs, snapshot: Snapshot) -> list[OrgCards]:
                 slot[family.name + part] = slot.get(family.name + part, 0.0) + s.value
     orgs = set(names) | set(gauges) | {org for org, _ in messages}
 
-    def gauge(org: str, name: str) -> int | None:
+    def gauge(org: str, name: str, part: str = "") -> int | None:
+        """A gauge's sum for the org (``part``: one agents status); None if not served."""
         if name not in served:
             return None
-        return int(gauges.get(org, {}).get(name, 0))
+        return int(gauges.get(org, {}).get(name + part, 0))
 
-    out = []
-    for org in orgs:
-        agents = contract.AGENTS.name
-        have_messages = snapshot.messages is not None
-        out.append(
-            OrgCards(
-                org=org,
-                name=names.get(org, org),
-                bots=gauge(org, contract.BOTS.name),
-                agents_active=int(gauges[org].get(agents + "active", 0))
-                if agents in served
-                else None,
-                agents_disabled=int(gauges[org].get(agents + "disabled", 0))
-                if agents in served
-                else None,
-                flows=gauge(org, contract.FLOWS.name),
-                users=gauge(org, contract.USERS.name),
-                inbound=messages.get((org, "inbound"), 0) if have_messages else None,
-                outbound=messages.get((org, "outbound"), 0) if have_messages else None,
-                inbound_since=since.get((org, "inbound")),
-                outbound_since=since.get((org, "outbound")),
-            )
+    def count(org: str, direction: str) -> int | None:
+        return messages.get((org, direction), 0) if snapshot.messages is not None else None
+
+    agents = contract.AGENTS.name
+    out = [
+        OrgCards(
+            org=org,
+            name=names.get(org, org),
+            bots=gauge(org, contract.BOTS.name),
+            agents_active=gauge(org, agents, "active"),
+            agents_disabled=gauge(org, agents, "disabled"),
+            flows=gauge(org, contract.FLOWS.name),
+            users=gauge(org, contract.USERS.name),
+            inbound=count(org, "inbound"),
+            outbound=count(org, "outbound"),
+            inbound_since=since.get((org, "inbound")),
+            outbound_since=since.get((org, "outbound")),
         )
+        for org in orgs
+    ]
     return sorted(out, key=lambda c: (c.name.casefold(), c.org))
 
 

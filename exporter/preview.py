@@ -15,7 +15,8 @@ from .db import Database, Reader, connection
 from .errors import ConfigError
 from .labels import label_value
 from .mapping import Specs
-from .messages.sql import BOUNDS, KeyRange
+from .messages.collector import read_bounds
+from .messages.sql import KeyRange
 
 SAMPLE_KEYS = 100_000
 """The newest messages' keys whose label values are sampled (an index range: cheap on a
@@ -48,12 +49,10 @@ def check_label_values(db: Database, specs: Specs) -> int:
 
 
 def _newest(conn: Connection, reader: Reader, bounds: str) -> KeyRange | None:
-    with reader.read_only(conn):
-        (row,) = reader.fetch(conn, bounds)
-    low, high = (row[BOUNDS.at(c)] for c in BOUNDS.columns)
+    low, high = read_bounds(reader, conn, bounds)
     if low is None or high is None:
         return None
-    return KeyRange(max(int(low) - 1, int(high) - SAMPLE_KEYS), int(high))
+    return KeyRange(max(low - 1, high - SAMPLE_KEYS), high)
 
 
 def _check(

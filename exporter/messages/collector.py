@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
@@ -54,6 +55,14 @@ counted one row per series."""
 SETTLE_ROWS = 1_000_000
 """Rows the batches that settle in one collection hold at most (one batch at least): a
 first count's ranges are checked again one by one, each statement small."""
+
+
+def read_bounds(reader: Reader, conn: Connection, bounds: str) -> tuple[int | None, int | None]:
+    """The lowest and the highest key (``sql.BOUNDS``); None for an empty table."""
+    with reader.read_only(conn):
+        (row,) = reader.fetch(conn, bounds)
+    low, high = (row[BOUNDS.at(c)] for c in BOUNDS.columns)
+    return (None if low is None else int(low)), (None if high is None else int(high))
 
 
 class MessagesCollector:
@@ -131,10 +140,7 @@ class MessagesCollector:
         return MetricData(self.key, (), now)  # the totals are read from the counter
 
     def _bounds(self, conn: Connection) -> tuple[int | None, int | None]:
-        with self.reader.read_only(conn):
-            (row,) = self.reader.fetch(conn, self.spec.sql.bounds)
-        low, high = (row[BOUNDS.at(c)] for c in BOUNDS.columns)
-        return (None if low is None else int(low)), (None if high is None else int(high))
+        return read_bounds(self.reader, conn, self.spec.sql.bounds)
 
     def _count_first(self, conn: Connection) -> None:
         """The whole table, per series, in ranges: as many as fit in this collection's
@@ -147,7 +153,7 @@ class MessagesCollector:
                 return
             scan = self.first_count = Scan("first count", low - 1, high, self.monotonic())
             self._firsts, self.last_scan = {}, scan
-        self._run_scan(conn, scan, self._open_first, self._fold_first)
+        self._run_scan(conn, scan, partial(self._open, fenced=True), self._fold_first)
         if scan.finished:
             self.counter.finish_first_count(self._firsts)
             self.first_count, self._firsts = None, {}
@@ -156,13 +162,15 @@ class MessagesCollector:
                 extra={"rows": scan.rows, "seconds": round(self.monotonic() - scan.started, 1)},
             )
 
-    def _open_first(self, conn: Connection, keys: KeyRange, streams: int) -> Opened:
-        """A range of the first count: its fence, in the snapshot the range is read in."""
+    def _open(self, conn: Connection, keys: KeyRange, streams: int, fenced: bool) -> Opened:
+        """A range's statement run, in a transaction of its own: a first count's with its
+        fence, read in the snapshot the range is read in; a reconciliation's with none
+        (it settles nothing)."""
         dialect = self.db.dialect
         with ExitStack() as transaction:
-            transaction.enter_context(self.reader.read_only(conn, snapshot=True, bulk=streams))
+            transaction.enter_context(self.reader.read_only(conn, snapshot=fenced, bulk=streams))
             fence: Fence = NO_FENCE
-            head = dialect.fenced(None)
+            head = dialect.fenced(None) if fenced else None
             if head is not None:
                 (row,) = self.reader.fetch(conn, head)
                 fence, _ = dialect.split_fence(row)
@@ -177,15 +185,6 @@ class MessagesCollector:
             return self.counter.add_range(
                 rows, opened.keys.upto, self.monotonic(), opened.fence, self._firsts
             )
-
-    def _open_plain(self, conn: Connection, keys: KeyRange, streams: int) -> Opened:
-        """A range of the reconciliation (no fence: it settles nothing)."""
-        with ExitStack() as transaction:
-            transaction.enter_context(self.reader.read_only(conn, bulk=streams))
-            rows, took = transaction.enter_context(
-                self.reader.timed(conn, self.spec.sql.full, keys.params())
-            )
-            return Opened(keys, rows, took, NO_FENCE, transaction.pop_all())
 
     def _run_scan(
         self,
@@ -318,7 +317,8 @@ class MessagesCollector:
         if not budget:
             self.budget = float("inf")
         try:
-            self._run_scan(conn, r.scan, self._open_plain, fold)  # a failed range: on there next
+            opened = partial(self._open, fenced=False)
+            self._run_scan(conn, r.scan, opened, fold)  # a failed range: it goes on there next
         finally:
             self.budget = saved
         if not r.scan.finished:

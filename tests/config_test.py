@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exporter.config import load_config, parse_duration
 from exporter.errors import ConfigError
+from tests.support.procs import run_cli
 
 SECRET = "hunter2-secret"  # noqa: S105 - the password that must never be printed
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-    )
 
 
 def write(tmp: Path, text: str) -> str:

@@ -11,7 +11,6 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,13 @@ from exporter import demo
 from exporter.config import reference_mapping
 from tests.support import pg
 from tests.support.expo import in_process, parse
-from tests.support.procs import Exporter
+from tests.support.procs import Exporter, run_cli
 
 HOSTILE = '<script>alert("x")</script> & <b>Co</b>'
 
 
 def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", **env},
-    )
 
 
 def _config(tmp: Path, mapping: dict[str, Any]) -> str:
@@ -79,6 +68,7 @@ def test_config_check_refuses_label_values_outside_the_contract(
         "--config.file",
         _config(tmp_path, mapping),
         env={"CONVRS_EXPORTER_DATABASE_URL": _url(seeded)},
+        timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()[-1:]
@@ -144,7 +134,7 @@ def _want_cards(engine: Engine) -> dict[str, dict[str, Any]]:
 
 def test_config_check_prints_each_organizations_cards(seeded: Engine) -> None:
     env = {"CONVRS_EXPORTER_DATABASE_URL": _url(seeded)}
-    result = run_cli("--config.check", "--output", "json", env=env)
+    result = run_cli("--config.check", "--output", "json", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["configuration"] == "ok" and report["label_value_sets_checked"] > 0
@@ -164,7 +154,7 @@ def test_config_check_prints_each_organizations_cards(seeded: Engine) -> None:
         assert got[org]["outbound_per_inbound"] == pytest.approx(
             cards["outbound"] / cards["inbound"]
         )
-    text_result = run_cli("--config.check", env=env)
+    text_result = run_cli("--config.check", env=env, timeout=120)
     assert text_result.returncode == 0, text_result.stderr
     out = text_result.stdout
     acme = want[next(o for o, c in want.items() if c["name"] == "Acme Retail")]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +26,7 @@ from exporter.mapping import Shard, shard_of
 from exporter.schema import metadata
 from tests.conftest import SMALL_ORGS
 from tests.support.expo import assembled, in_process, parse, served
-from tests.support.procs import Exporter, wait_until
+from tests.support.procs import Exporter, run_cli, wait_until
 from tests.support.servers import MARIADB, MARIADB_ADMIN
 
 INSERT = (
@@ -93,18 +91,6 @@ def run_n(coll: Collection, n: int = 3) -> None:
     for _ in range(n):
         time.sleep(1.5 * CACHE_IDLE)  # see counting_test.run_n
         assert coll.run()
-
-
-def run_cli(
-    *args: str, env: dict[str, str], pythonpath: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **({"PYTHONPATH": pythonpath} if pythonpath else {}), **env},
-    )
 
 
 # --- URLs, driver, the demo and the reference mapping ------------------------------------

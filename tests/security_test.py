@@ -34,20 +34,11 @@ from exporter.webconfig import BasicAuth
 from tests.support import pg
 from tests.support.expo import in_process, served
 from tests.support.procs import Exporter, http_get, wait_until
+from tests.support.procs import run_cli as cli
 from tests.support.tcpproxy import TcpProxy
 
 SECRET = "S3cr3tPW-hunter2"  # noqa: S105 - must never be printed
 PASSWORD = "correct horse"  # noqa: S105 - the test's own
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-    )
 
 
 def _url(engine: Engine) -> str:

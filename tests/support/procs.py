@@ -38,6 +38,24 @@ def http_get(
         return exc.code, dict(exc.headers), exc.read()
 
 
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    pythonpath: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The exporter's command line run to its end, in a bare environment (PATH, what
+    ``env`` adds, ``PYTHONPATH`` if given): its exit code and what it printed."""
+    base = {"PATH": "/usr/bin:/bin", **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+    )
+
+
 def wait_until(
     predicate: Any, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"
 ) -> Any:
